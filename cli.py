@@ -1,0 +1,255 @@
+"""The `kanal` command line: parses arguments, calls `kanal.jobs`, presents results.
+
+Exit codes: 0 success; 1 the run failed (system unreachable, records not
+delivered under policy `fail`); 2 the job file or the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from kanal.core import registry
+from kanal.core.errors import ConfigError, KanalError
+from kanal.jobs import check as check_job
+from kanal.jobs import dlq as dlq_job
+from kanal.jobs import status as status_job
+from kanal.jobs.load import LoadedJob, load_job
+from kanal.jobs.migrate import MigrationReport, migrate as run_migration
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+JOB = click.argument("job", type=click.Path(dir_okay=False))
+
+
+def handled(fn: F) -> F:
+    """Turn Kanal errors into a clear message and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            err.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
+            sys.exit(2)
+        except KanalError as exc:
+            logging.getLogger("kanal").debug("where it failed", exc_info=True)
+            err.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            err.print("interrupted; run the same command again to resume")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(path: str) -> LoadedJob:
+    return load_job(path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show debug logs, including the Kafka client's.")
+@click.version_option(package_name="kanal")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Kanal moves commerce data (customers, products, prices, stock) between
+    systems through Kafka: a bulk migration first, then delta sync.
+
+    A job file names the source, the sinks and the Kafka connection; secrets
+    come from the environment as ${VAR}. Start with `kanal demo`, then
+    `kanal validate JOB` and `kanal migrate JOB`.
+    """
+    ctx.obj = {"verbose": verbose}
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops a run like Ctrl-C: in-flight work is abandoned, nothing is lost."""
+    raise KeyboardInterrupt
+
+
+@main.command()
+@JOB
+@handled
+def validate(job: str) -> None:
+    """Check a job file (and its mapping files) without contacting any system."""
+    loaded = _load(job)
+    out.print(f"{job}: valid job [bold]{loaded.name}[/] — source {loaded.job.source.connector} "
+              f"({', '.join(loaded.source_entities)}), sinks {', '.join(s.name for s in loaded.sinks)}")
+
+
+@main.command()
+@JOB
+@click.pass_context
+@handled
+def check(ctx: click.Context, job: str) -> None:
+    """Reach the broker, the source and every sink; say what fails."""
+    results = check_job.check(_load(job), ctx.obj["verbose"])
+    for r in results:
+        mark = "[green]ok[/]" if r.ok else "[red]FAIL[/]"
+        out.print(f"{mark}  {r.system}: {r.detail}", highlight=False)
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@JOB
+@click.option("--quiet", is_flag=True, help="No progress display, only the final report.")
+@click.pass_context
+@handled
+def migrate(ctx: click.Context, job: str, quiet: bool) -> None:
+    """Snapshot every entity of JOB into every sink, through Kafka.
+
+    Safe to interrupt (even kill -9): the same command resumes and the
+    targets end complete, without duplicates.
+    """
+    report = run_migration(_load(job), console=err, quiet=quiet, verbose=ctx.obj["verbose"])
+    _print_report(report, job)
+
+
+def _print_report(report: MigrationReport, job: str) -> None:
+    m = report.metrics
+    table = Table(title=f"migration {report.job}: done in {report.seconds:.1f}s", title_justify="left")
+    table.add_column("entity")
+    table.add_column("source rows", justify="right")
+    for sink in m.sinks:
+        table.add_column(f"{sink}: written", justify="right")
+        table.add_column(f"{sink}: older/refused", justify="right")
+    table.add_column("dead letters", justify="right")
+    table.add_column("records/s", justify="right")
+    for name, c in sorted(m.entities.items()):
+        row = [name, f"{c.read + c.already:,}"]
+        for sink in m.sinks:
+            row += [f"{c.written[sink]:,}", f"{c.skipped[sink]:,}/{c.failed[sink]:,}"]
+        row += [f"{c.dead:,}", f"{(c.read / report.seconds) if report.seconds else 0:,.0f}"]
+        table.add_row(*row)
+    out.print(table)
+    if report.resumed_chunks:
+        out.print(f"resumed: {report.resumed_chunks} chunks had been delivered by an earlier run")
+    for note in report.finish_notes:
+        out.print(note)
+    dead = sum(c.dead for c in m.entities.values())
+    refused = sum(sum(c.failed.values()) for c in m.entities.values())
+    if dead or refused:
+        out.print(f"{dead + refused:,} record(s) in the dead-letter queue: see `kanal dlq {job} show`")
+
+
+@main.command()
+@JOB
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entity.")
+@handled
+def status(job: str, as_json: bool) -> None:
+    """Checkpoints and dead letters per entity."""
+    st = status_job.status(_load(job))
+    if as_json:
+        for e in st.entities:
+            click.echo(json.dumps({"job": st.job, "migration": st.migration, **e.__dict__}))
+        return
+    table = Table(title=f"{st.job}: migration {st.migration}", title_justify="left")
+    for col in ("entity", "chunks done", "rows delivered", "dead letters"):
+        table.add_column(col, justify="left" if col == "entity" else "right")
+    for e in st.entities:
+        table.add_row(e.entity, f"{e.chunks_done}/{e.chunks}", f"{e.rows_delivered:,}", f"{e.dead_letters:,}")
+    out.print(table)
+
+
+@main.group()
+@JOB
+@click.pass_context
+def dlq(ctx: click.Context, job: str) -> None:
+    """Inspect or replay the dead-letter queue of JOB: `kanal dlq JOB show|replay`."""
+    ctx.obj["job"] = job
+
+
+@dlq.command("show")
+@click.option("--entity", help="Only this entity.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: entity, key, reason, stage, sink, record.")
+@click.option("--limit", type=int, default=50, show_default=True, help="Rows in the table view (JSON shows all).")
+@click.pass_context
+@handled
+def dlq_show(ctx: click.Context, entity: str | None, as_json: bool, limit: int) -> None:
+    """List dead letters with the reason each was set aside."""
+    entries = dlq_job.show(_load(ctx.obj["job"]), entity)
+    if as_json:
+        for entry in entries:
+            click.echo(json.dumps(entry, default=str, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(entries)} dead letter(s)", title_justify="left")
+    for col in ("entity", "key", "stage", "reason"):
+        table.add_column(col)
+    for entry in entries[:limit]:
+        stage = entry["stage"] + (f" ({entry['sink']})" if entry.get("sink") else "")
+        table.add_row(entry["entity"], str(entry["key"]), stage, entry["reason"])
+    out.print(table)
+
+
+@dlq.command("replay")
+@click.option("--entity", help="Only this entity.")
+@click.pass_context
+@handled
+def dlq_replay(ctx: click.Context, entity: str | None) -> None:
+    """Validate dead letters again and write those that pass to the sinks."""
+    result = dlq_job.replay(_load(ctx.obj["job"]), entity)
+    out.print(f"replayed {result.replayed}, still failing {result.still_failing}")
+    if result.still_failing:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, with config JSON Schemas.")
+@handled
+def connectors(as_json: bool) -> None:
+    """Installed connectors and their declared capabilities."""
+    specs = registry.installed()
+    if as_json:
+        for spec in specs.values():
+            caps = spec.capabilities
+            click.echo(json.dumps({
+                "name": spec.name, "description": spec.description, "source": spec.source is not None,
+                "sink": spec.sink is not None, "entities": list(caps.entities), "delta": [d.value for d in caps.delta],
+                "supports_deletes": caps.supports_deletes, "config": spec.config.model_json_schema(),
+            }))
+        return
+    table = Table(title="installed connectors", title_justify="left")
+    for col in ("name", "source", "sink", "delta", "deletes", "description"):
+        table.add_column(col)
+    for spec in specs.values():
+        caps = spec.capabilities
+        table.add_row(spec.name, "yes" if spec.source else "-", "yes" if spec.sink else "-",
+                      ",".join(d.value for d in caps.delta), "yes" if caps.supports_deletes else "-", spec.description)
+    out.print(table)
+
+
+@main.command()
+@click.option("--port", type=int, default=9092, show_default=True, help="Loopback port to listen on.")
+@handled
+def broker(port: int) -> None:
+    """Run the embedded Kafka-compatible broker in the foreground (memory only)."""
+    from kanal.core.embedded import EmbeddedBroker
+
+    with EmbeddedBroker(port=port) as b:
+        out.print(f"embedded broker listening on {b.bootstrap} (in memory; Ctrl-C stops it)")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+@main.command()
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Data volume factor (1.0 = 1M+ prices).")
+@click.option("--folder", type=click.Path(file_okay=False), default="demo-output", show_default=True,
+              help="Where the demo keeps its databases, job file and Parquet output.")
+@handled
+def demo(scale: float, folder: str) -> None:
+    """Create an ERP and a shop database, seed the ERP, migrate everything."""
+    from kanal.jobs import demo as demo_job
+
+    demo_job.run(folder, scale, console=err, out=out, present=_print_report)

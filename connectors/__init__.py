@@ -1,0 +1,1 @@
+"""Built-in connectors, one package per system; each imports only `kanal.core`."""

@@ -1,0 +1,100 @@
+"""Write entities as one file per Kafka message under `<path>/<folder>/`.
+
+Files have no upsert, so this sink is idempotent by naming: it declares
+`stable_batches`, the engine hands it one Kafka message per `write` with a
+`batch_id` that is the same on every re-delivery, and the batch lands in
+`<batch_id>.<ext>`. A re-delivered batch replaces its own file instead of
+adding a second copy, and the atomic replace means a crash never leaves half
+a file under that name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+import polars as pl
+
+from kanal.connectors.files.config import FilesConfig, FilesSinkOptions, Format
+from kanal.connectors.files.formats import SUFFIXES, SYSTEM, disk_error, write
+from kanal.core.connector import EntityOptions, Sink, WriteResult
+from kanal.core.errors import BatchRejected, ConnectorError
+
+INTERNAL_PREFIX = "_kanal_"
+"""Columns the engine adds (`_kanal_key`); they are not written."""
+_MAX_STEM = 200
+
+
+def file_stem(batch_id: str) -> str:
+    """A file name for `batch_id`: distinct ids give distinct names, none hidden or climbing."""
+    if not batch_id:
+        raise ValueError("batch_id must not be empty")
+    stem = quote(batch_id, safe="-_.=+@,")
+    if stem.startswith("."):
+        stem = "%2E" + stem[1:]
+    if len(stem) > _MAX_STEM:
+        stem = f"{stem[:_MAX_STEM - 65]}-{hashlib.sha256(batch_id.encode()).hexdigest()}"
+    return stem
+
+
+class FilesSink(Sink):
+    """Writes each batch to its own file, replaced on re-delivery."""
+
+    entity_options = FilesSinkOptions
+    config: FilesConfig
+
+    def __init__(self, config: FilesConfig) -> None:
+        super().__init__(config)
+        self.base = Path(config.path)
+
+    def check(self) -> None:
+        try:
+            self.base.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.base, prefix=".kanal-check-", suffix=".tmp"):
+                pass
+        except OSError as exc:
+            raise disk_error("write to folder", self.base, exc) from None
+
+    def prepare(self, entity: str, options: EntityOptions) -> None:
+        folder = self.folder(entity, options)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error("create folder", folder, exc) from None
+
+    def write(self, entity: str, options: EntityOptions, frame: pl.DataFrame, batch_id: str) -> WriteResult:
+        fmt = self.format(options)
+        folder = self.folder(entity, options)
+        target = folder / f"{file_stem(batch_id)}{SUFFIXES[fmt]}"
+        data = frame.drop([name for name in frame.columns if name.startswith(INTERNAL_PREFIX)])
+        if data.height == 0:
+            return WriteResult()
+        encoding = self.config.encoding
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write(data, target, fmt, delimiter=self.config.delimiter, encoding=encoding)
+        except OSError as exc:
+            raise disk_error("write", target, exc) from None
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end]
+            raise BatchRejected(SYSTEM, f"{target}: {bad!r} cannot be written as {encoding}") from None
+        except pl.exceptions.PolarsError as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConnectorError(SYSTEM, f"cannot write {target} as {fmt}: {reason}") from None
+        return WriteResult(written=data.height)
+
+    def folder(self, entity: str, options: EntityOptions) -> Path:
+        """The folder that receives `entity`'s files."""
+        return self.base / (_sink_options(options).folder or entity)
+
+    def format(self, options: EntityOptions) -> Format:
+        """The format written: the entity's, else the connector's, else parquet."""
+        return _sink_options(options).format or self.config.format or "parquet"
+
+
+def _sink_options(options: EntityOptions) -> FilesSinkOptions:
+    if isinstance(options, FilesSinkOptions):
+        return options
+    return FilesSinkOptions(mapping=options.mapping)

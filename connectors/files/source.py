@@ -1,0 +1,159 @@
+"""Read entities from CSV, JSON Lines and Parquet files under one base folder.
+
+An entity is a set of files chosen by a glob (`FilesSourceOptions.pattern`),
+for example a folder a WMS drops its exports into. Each file is one chunk;
+its id is the file's path relative to the base folder, so a resumed run
+reads exactly the files it had not finished. Files and folders whose name
+starts with a dot are never read (the sink's temporary files are hidden).
+
+Discovery is by name: an entity is offered when the base folder holds a
+folder `<entity>/` or a file `<entity>.<csv|jsonl|ndjson|json|parquet>`,
+which is also what `plan` reads when no pattern is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+from kanal.connectors.files.config import FilesConfig, FilesSourceOptions, Format
+from kanal.connectors.files.formats import BATCH_ROWS, EXTENSIONS, SYSTEM, count_rows, disk_error, format_of, read
+from kanal.core.connector import Chunk, EntityInfo, EntityOptions, Source
+from kanal.core.errors import ConfigError, ConnectorError
+from kanal.core.model import ENTITIES
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+class FilesSource(Source):
+    """Each matching file is one chunk, read in frames of at most 100,000 rows."""
+
+    entity_options = FilesSourceOptions
+    config: FilesConfig
+
+    def __init__(self, config: FilesConfig) -> None:
+        super().__init__(config)
+        self.base = Path(config.path)
+
+    def check(self) -> None:
+        self._base_folder()
+
+    def discover(self) -> list[EntityInfo]:
+        base = self._base_folder()
+        return [
+            EntityInfo(name, e.key)
+            for name, e in ENTITIES.items()
+            if self._default_files(base, name, self.config.format)
+        ]
+
+    def plan(self, entity: str, options: EntityOptions) -> list[Chunk]:
+        opts = _source_options(options)
+        base = self._base_folder()
+        fmt = opts.format or self.config.format
+        if opts.pattern:
+            files = self._matching_files(base, opts.pattern, fmt)
+            wanted = f"pattern {opts.pattern!r}"
+        else:
+            files = self._default_files(base, entity, fmt)
+            wanted = f"folder {entity!r} or file {entity!r} with extension {', '.join(EXTENSIONS)} (no pattern set)"
+        if not files:
+            raise ConfigError(f"entity {entity!r}: no files match {wanted} in folder {base}")
+        chunks = []
+        for relative in files:
+            path = base / relative
+            file_format = fmt or format_of(path)
+            if file_format is None:
+                raise ConfigError(
+                    f"entity {entity!r}: cannot tell the format of {path} from its extension; "
+                    "set `format` (csv, jsonl or parquet)"
+                )
+            try:
+                stat = path.stat()
+            except OSError as exc:
+                raise disk_error("read", path, exc) from None
+            name = relative.as_posix()
+            spec = {"path": name, "format": file_format, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            chunks.append(Chunk(name, spec, count_rows(path, file_format)))
+        return chunks
+
+    def snapshot(self, entity: str, options: EntityOptions, chunk: Chunk) -> Iterator[pl.DataFrame]:
+        path = self.base / chunk.spec.get("path", chunk.id)
+        fmt: Format | None = chunk.spec.get("format") or _source_options(options).format or self.config.format
+        fmt = fmt or format_of(path)
+        if fmt is None:
+            raise ConfigError(f"entity {entity!r}: cannot tell the format of {path}; set `format`")
+        config = self.config
+        yield from read(path, fmt, delimiter=config.delimiter, encoding=config.encoding, batch_rows=BATCH_ROWS)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _base_folder(self) -> Path:
+        """The base folder, after making sure it exists and can be listed."""
+        base = self.base
+        try:
+            if not base.is_dir():
+                problem = f"{base} is not a folder" if base.exists() else f"folder {base} does not exist"
+                raise ConnectorError(SYSTEM, problem)
+            with os.scandir(base) as entries:
+                next(entries, None)
+        except OSError as exc:
+            raise disk_error("read folder", base, exc) from None
+        return base
+
+    @staticmethod
+    def _matching_files(base: Path, pattern: str, fmt: Format | None) -> list[Path]:
+        """Files matching `pattern`, relative to `base`, sorted; a matching folder adds its files."""
+        found: set[Path] = set()
+        try:
+            for hit in base.glob(pattern):
+                relative = hit.relative_to(base)
+                if _hidden(relative):
+                    continue
+                if hit.is_file():
+                    found.add(relative)
+                elif hit.is_dir():
+                    found.update(_files_in(base, relative, fmt))
+        except OSError as exc:
+            raise disk_error("read folder", base, exc) from None
+        except ValueError as exc:  # a pattern pathlib cannot use
+            raise ConfigError(f"pattern {pattern!r}: {exc}") from None
+        return sorted(found, key=lambda p: p.as_posix())
+
+    @staticmethod
+    def _default_files(base: Path, entity: str, fmt: Format | None) -> list[Path]:
+        """The folder `<entity>/` (its files) and the files `<entity>.<known extension>`."""
+        found: list[Path] = []
+        try:
+            if (base / entity).is_dir() and not entity.startswith("."):
+                found.extend(_files_in(base, Path(entity), fmt))
+            with os.scandir(base) as entries:
+                for entry in entries:
+                    path = Path(entry.name)
+                    if path.stem == entity and path.suffix.lower() in EXTENSIONS and entry.is_file():
+                        found.append(path)
+        except OSError as exc:
+            raise disk_error("read folder", base, exc) from None
+        return sorted(found, key=lambda p: p.as_posix())
+
+
+def _files_in(base: Path, folder: Path, fmt: Format | None) -> list[Path]:
+    """Visible files directly in `folder` in the given format, or with a known extension."""
+    with os.scandir(base / folder) as entries:
+        return [
+            folder / entry.name
+            for entry in entries
+            if not entry.name.startswith(".")
+            and entry.is_file()
+            and (fmt is not None or format_of(Path(entry.name)) is not None)
+        ]
+
+
+def _source_options(options: EntityOptions) -> FilesSourceOptions:
+    if isinstance(options, FilesSourceOptions):
+        return options
+    return FilesSourceOptions(mapping=options.mapping)

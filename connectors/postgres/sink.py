@@ -1,0 +1,179 @@
+"""PostgreSQL sink: bulk, idempotent, version-checked writes.
+
+Two write paths, chosen by the state of the target table (see `ddl`):
+
+* upsert (existing tables, deltas): COPY the batch into a temporary staging
+  table, then `insert ... on conflict (key) do update ... where` the incoming
+  version is not older than the stored one. Rows the version check refuses
+  are counted as skipped-older.
+* bulk load (tables this migration created): COPY straight into the table;
+  the key is built once at the end (`finish`).
+
+Rows travel as CSV produced by polars in one call; nested values (addresses)
+are JSON-encoded for jsonb columns.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import ClassVar
+
+import polars as pl
+import psycopg
+
+from kanal.connectors.postgres import ddl
+from kanal.connectors.postgres.config import PostgresConfig, PostgresSinkOptions
+from kanal.connectors.postgres.db import connect, describe, qualified, reraise, translated
+from kanal.core.connector import EntityOptions, Sink, WriteResult
+from kanal.core.errors import ConfigError
+from kanal.core.model import entity as canonical
+from kanal.core.validate import KEY
+
+_COPY = "(FORMAT csv, NULL '\\N')"
+
+
+class PostgresSink(Sink):
+    entity_options: ClassVar[type[EntityOptions]] = PostgresSinkOptions
+    config: PostgresConfig
+
+    def __init__(self, config: PostgresConfig) -> None:
+        super().__init__(config)
+        self.system = describe(config)
+        self._conn: psycopg.Connection | None = None
+        self._targets: dict[str, ddl.Target] = {}
+        self._staged: set[str] = set()
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = connect(self.config)
+            self._staged.clear()
+        return self._conn
+
+    def check(self) -> None:
+        with translated(self.system):
+            self._connection().execute("select 1")
+            self._connection().rollback()
+
+    def prepare(self, entity: str, options: EntityOptions) -> None:
+        opts = self._opts(options)
+        model = canonical(entity)
+        with translated(self.system):
+            conn = self._connection()
+            target = ddl.inspect(conn, opts.schema_name, opts.table)
+            if target is None:
+                if not opts.create:
+                    raise ConfigError(f"{self.system}: table {opts.schema_name}.{opts.table} does not exist (create: false)")
+                ddl.create_table(conn, qualified(opts.schema_name, opts.table), model)
+                target = ddl.inspect(conn, opts.schema_name, opts.table)
+            conn.commit()
+        assert target is not None
+        if not target.bulk_load and not target.conflict:
+            raise ConfigError(
+                f"{self.system}: table {opts.schema_name}.{opts.table} has no primary key or unique index; "
+                f"upserts need one (e.g. on {', '.join(model.key)})"
+            )
+        self._targets[entity] = target
+
+    def write(self, entity: str, options: EntityOptions, frame: pl.DataFrame, batch_id: str) -> WriteResult:
+        target = self._targets[entity]
+        version = self._version(target, options)
+        columns = [c for c in frame.columns if c in target.columns]
+        if version and target.bulk_load is False and frame.get_column(KEY).is_duplicated().any():
+            # One statement cannot update a row twice: keep each key's newest version.
+            frame = frame.sort(version, nulls_last=False).unique(subset=[KEY], keep="last", maintain_order=True)
+        data = _csv(frame.select(columns))
+        names = ", ".join(f'"{c}"' for c in columns)
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                if target.bulk_load:
+                    with cur.copy(f"copy {target.table} ({names}) from stdin {_COPY}") as copy:
+                        copy.write(data)
+                    written = frame.height
+                else:
+                    stage = self._stage(conn, entity, target, columns)
+                    with cur.copy(f"copy {stage} ({names}) from stdin {_COPY}") as copy:
+                        copy.write(data)
+                    cur.execute(_upsert_sql(target, stage, columns, version))
+                    written = cur.rowcount
+            conn.commit()
+        except psycopg.Error as exc:
+            _rollback(conn)
+            reraise(self.system, exc)
+        return WriteResult(written=written, skipped_older=frame.height - written)
+
+    def finish(self, entity: str, options: EntityOptions) -> str | None:
+        target = self._targets[entity]
+        if not target.bulk_load:
+            return None
+        opts = self._opts(options)
+        model = canonical(entity)
+        removed = 0
+        with translated(self.system):
+            conn = self._connection()
+            try:
+                conn.execute(ddl.key_ddl(target.table, opts.table, model))
+            except psycopg.errors.UniqueViolation:
+                conn.rollback()
+                removed = conn.execute(ddl.dedupe_sql(target.table, model.key, self._version(target, options))).rowcount
+                conn.execute(ddl.key_ddl(target.table, opts.table, model))
+            conn.execute(f"comment on table {target.table} is null")
+            conn.commit()
+        self._targets[entity] = ddl.inspect(self._connection(), opts.schema_name, opts.table) or target
+        self._connection().commit()
+        return f"key built on {opts.table}" + (f", {removed} re-delivered duplicates removed" if removed else "")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _stage(self, conn: psycopg.Connection, entity: str, target: ddl.Target, columns: list[str]) -> str:
+        stage = f'"_kanal_stage_{entity}"'
+        if entity not in self._staged:
+            names = ", ".join(f'"{c}"' for c in columns)
+            conn.execute(f"drop table if exists {stage}")
+            conn.execute(
+                f"create temp table {stage} on commit delete rows as select {names} from {target.table} with no data"
+            )
+            conn.commit()
+            self._staged.add(entity)
+        return stage
+
+    @staticmethod
+    def _version(target: ddl.Target, options: EntityOptions) -> str | None:
+        column = PostgresSink._opts(options).version_column
+        return column if column and column in target.columns else None
+
+    @staticmethod
+    def _opts(options: EntityOptions) -> PostgresSinkOptions:
+        assert isinstance(options, PostgresSinkOptions)
+        return options
+
+
+def _upsert_sql(target: ddl.Target, stage: str, columns: list[str], version: str | None) -> str:
+    missing = [c for c in target.conflict if c not in columns]
+    if missing:
+        raise ConfigError(f"{target.table}: key columns {missing} are not in the records being written")
+    names = ", ".join(f'"{c}"' for c in columns)
+    keys = ", ".join(f'"{c}"' for c in target.conflict)
+    updates = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c not in target.conflict)
+    action = f"do update set {updates}" if updates else "do nothing"
+    guard = f' where {target.table}."{version}" is null or excluded."{version}" >= {target.table}."{version}"' if version and updates else ""
+    return f"insert into {target.table} ({names}) select {names} from {stage} on conflict ({keys}) {action}{guard}"
+
+
+def _csv(frame: pl.DataFrame) -> bytes:
+    nested = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.Struct | pl.List)]
+    if nested:
+        frame = frame.with_columns([pl.col(n).struct.json_encode() for n in nested])
+    buf = io.BytesIO()
+    frame.write_csv(buf, include_header=False, null_value="\\N")
+    return buf.getvalue()
+
+
+def _rollback(conn: psycopg.Connection) -> None:
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        conn.close()

@@ -1,0 +1,196 @@
+"""The two connector contracts (source, sink) and how a connector declares itself.
+
+A connector package exposes one `ConnectorSpec` (registered under the entry
+point group `kanal.connectors`) naming its config model and its source and/or
+sink class. Everything a connector can do is *declared* in `Capabilities`;
+the engine never guesses.
+
+Lifecycles, all driven by the engine (connectors never persist state, never
+talk to Kafka, never decide when something counts as delivered):
+
+Source::
+
+    src = SourceCls(config)          # config: the connector's frozen pydantic model
+    src.check()                      # reach the system; raise a ConnectorError
+    src.discover()                   # entities offered, with keys and delta kind
+    chunks = src.plan(entity, opts)  # split a snapshot into resumable chunks
+    for frame in src.snapshot(entity, opts, chunk): ...
+    src.close()
+
+Sink::
+
+    sink = SinkCls(config)
+    sink.check()
+    sink.prepare(entity, opts)       # create a missing table, learn the target
+    result = sink.write(entity, opts, frame, batch_id)  # idempotent, version-checked
+    sink.finish(entity, opts)        # after a migration: build deferred indexes
+    sink.close()
+
+`opts` is the connector's per-entity options model (`entity_options`), parsed
+from the job file's `entities:` block, so connectors get typed settings too.
+Frames handed to sinks carry canonical columns (see `core.model`) plus
+`_kanal_key`, the stable key string.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+
+class DeltaKind(str, Enum):
+    NONE = "none"
+    CDC = "cdc"
+    CURSOR = "cursor"
+    FILES = "files"
+
+
+class FrozenModel(BaseModel):
+    """Base for connector configs: immutable, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EntityOptions(FrozenModel):
+    """Per-entity options in a job file; connectors extend it with their own."""
+
+    mapping: str | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a connector can do, declared once (shown by `kanal connectors`)."""
+
+    entities: tuple[str, ...]
+    supports_deletes: bool = False
+    delta: tuple[DeltaKind, ...] = (DeltaKind.NONE,)
+    max_batch_rows: int | None = None
+    rate_limit_per_s: float | None = None
+    parallel_snapshot: bool = False
+    stable_batches: bool = False
+    """Sink only: hand it one Kafka message per write with a `batch_id` that is
+    the same on every re-delivery, so a sink without upsert (files) stays
+    idempotent by overwriting the same object. Others get merged batches."""
+
+
+@dataclass(frozen=True)
+class EntityInfo:
+    """One entity a source offers (answer of `discover`)."""
+
+    entity: str
+    key: tuple[str, ...]
+    estimated_rows: int | None = None
+    delta: DeltaKind = DeltaKind.NONE
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A resumable slice of a snapshot; `id` is stable across re-runs.
+
+    `spec` is opaque to the engine (a ctid range, a file name, a page cursor);
+    the plan is stored in the state store, so a resumed run reads exactly the
+    slices it did not finish.
+    """
+
+    id: str
+    spec: dict[str, Any] = field(default_factory=dict)
+    estimated_rows: int | None = None
+
+
+@dataclass
+class WriteResult:
+    """Per-batch outcome of a sink write.
+
+    `failed` lists records the target refused, as a frame with `_kanal_key`
+    and `reason`; they go to the DLQ (or fail the job) while the rest count as
+    written. `skipped_older` counts records ignored because the target already
+    holds a newer version.
+    """
+
+    written: int = 0
+    skipped_older: int = 0
+    failed: pl.DataFrame | None = None
+
+    @property
+    def failed_count(self) -> int:
+        return 0 if self.failed is None else self.failed.height
+
+
+class Source(ABC):
+    """Reads one system; yields polars frames of raw or canonical columns."""
+
+    entity_options: ClassVar[type[EntityOptions]] = EntityOptions
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    @abstractmethod
+    def check(self) -> None:
+        """Reach the system with the configured credentials; raise ConnectorError."""
+
+    @abstractmethod
+    def discover(self) -> list[EntityInfo]:
+        """The entities this source can offer with the current config."""
+
+    @abstractmethod
+    def plan(self, entity: str, options: EntityOptions) -> list[Chunk]:
+        """Split the snapshot of `entity` into chunks (at least one)."""
+
+    @abstractmethod
+    def snapshot(self, entity: str, options: EntityOptions, chunk: Chunk) -> Iterator[pl.DataFrame]:
+        """Yield the rows of one chunk as frames (bounded in size)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class Sink(ABC):
+    """Writes canonical batches idempotently into one system."""
+
+    entity_options: ClassVar[type[EntityOptions]] = EntityOptions
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    @abstractmethod
+    def check(self) -> None:
+        """Reach the system with the configured credentials; raise ConnectorError."""
+
+    def prepare(self, entity: str, options: EntityOptions) -> None:  # noqa: B027 - optional hook
+        """Make the target ready for `entity` (create a missing table)."""
+
+    @abstractmethod
+    def write(self, entity: str, options: EntityOptions, frame: pl.DataFrame, batch_id: str) -> WriteResult:
+        """Upsert `frame`; raise BatchRejected when data (not the system) is at fault.
+
+        `batch_id` is stable across re-deliveries only when the sink declared
+        `stable_batches` (see Capabilities); otherwise it is for logs.
+        """
+
+    def finish(self, entity: str, options: EntityOptions) -> str | None:  # noqa: B027 - optional hook
+        """A migration delivered every record of `entity`: build what was deferred.
+
+        Returns a line for the report (e.g. "index built, 3 duplicates removed").
+        """
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush and release connections."""
+
+
+@dataclass(frozen=True)
+class ConnectorSpec:
+    """What a connector package registers under the `kanal.connectors` entry point."""
+
+    name: str
+    description: str
+    config: type[BaseModel]
+    capabilities: Capabilities
+    source: type[Source] | None = None
+    sink: type[Sink] | None = None

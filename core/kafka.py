@@ -1,0 +1,240 @@
+"""Kafka transport: typed settings, broker reachability, topics, producer, consumer.
+
+All librdkafka access goes through here, so connectors never see Kafka and the
+job runners never see librdkafka's dictionaries. `bootstrap_servers:
+embedded` starts the embedded broker for the life of the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kanal.core.embedded import EmbeddedBroker
+from kanal.core.errors import BrokerUnavailable, register_secret
+
+log = logging.getLogger("kanal.kafka")
+# librdkafka reports every refused connection while it retries; keep that out
+# of the user's terminal unless asked for (-v).
+rdkafka_log = logging.getLogger("kanal.librdkafka")
+
+_SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret")
+
+
+class KafkaSettings(BaseModel):
+    """The `kafka:` block of a job. Keys with a dot are librdkafka settings, passed through."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    bootstrap_servers: str = Field("embedded", description="'embedded' or host:port[,host:port]")
+    topic_prefix: str = Field("kanal", pattern=r"^[A-Za-z0-9._-]+$", description="topics are <prefix>.<entity>")
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of topics Kanal creates")
+    replication_factor: int = Field(1, ge=1, description="replication of topics Kanal creates")
+    connect_timeout_s: float = Field(20.0, gt=0, description="how long to retry reaching the broker at start")
+    session_timeout_ms: int = Field(6000, ge=1000, description="consumer session timeout (joins take half of it)")
+
+    @model_validator(mode="after")
+    def _check_passthrough(self) -> KafkaSettings:
+        for key, value in (self.model_extra or {}).items():
+            if "." not in key:
+                raise ValueError(f"unknown setting {key!r} (librdkafka settings contain a dot, e.g. security.protocol)")
+            if not isinstance(value, str | int | float | bool):
+                raise ValueError(f"{key}: must be a string, number or boolean")
+            if key in _SECRET_KEYS:
+                register_secret(str(value))
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.bootstrap_servers == "embedded"
+
+    def client_config(self, bootstrap: str) -> dict[str, Any]:
+        conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": rdkafka_log}
+        conf.update(self.model_extra or {})
+        return conf
+
+    def topic(self, entity: str) -> str:
+        return f"{self.topic_prefix}.{entity}"
+
+    def dlq_topic(self, job: str) -> str:
+        return f"{self.topic_prefix}.dlq.{job}"
+
+
+class KafkaConnection:
+    """A reachable broker: the embedded one started here, or a configured cluster."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._broker: EmbeddedBroker | None = None
+        self.bootstrap = settings.bootstrap_servers
+
+    def open(self) -> KafkaConnection:
+        if self.settings.embedded:
+            self._broker = EmbeddedBroker().start()
+            self.bootstrap = self._broker.bootstrap
+        self.wait_until_reachable()
+        return self
+
+    def close(self) -> None:
+        if self._broker:
+            self._broker.stop()
+            self._broker = None
+
+    def __enter__(self) -> KafkaConnection:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        conf = self.settings.client_config(self.bootstrap)
+        conf.update(overrides)
+        return conf
+
+    def wait_until_reachable(self) -> None:
+        """Retry metadata requests for `connect_timeout_s`, then fail clearly."""
+        admin = AdminClient(self.config())
+        deadline = time.monotonic() + self.settings.connect_timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                return
+            except KafkaException as exc:
+                last = exc
+        raise BrokerUnavailable(
+            f"kafka {self.bootstrap}",
+            f"not reachable after {self.settings.connect_timeout_s:.0f}s ({_describe(last)}); "
+            "check kafka.bootstrap_servers and that the broker is running",
+        )
+
+    def ensure_topics(self, names: list[str], compact: bool) -> None:
+        """Create missing topics; entity-state topics are compacted."""
+        admin = AdminClient(self.config())
+        existing = set(admin.list_topics(timeout=10).topics)
+        config = {"cleanup.policy": "compact"} if compact else {}
+        new = [
+            NewTopic(n, self.settings.partitions, self.settings.replication_factor, config=config)
+            for n in names
+            if n not in existing
+        ]
+        if not new:
+            return
+        for name, future in admin.create_topics(new, operation_timeout=10).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise BrokerUnavailable(f"kafka {self.bootstrap}", f"cannot create topic {name}: {_describe(exc)}") from None
+
+    def partitions_of(self, topic: str) -> int:
+        md = AdminClient(self.config()).list_topics(topic, timeout=10)
+        return len(md.topics[topic].partitions)
+
+    def consumer(self, group: str, **overrides: Any) -> Consumer:
+        conf = self.config(
+            **{
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": self.settings.session_timeout_ms,
+                "heartbeat.interval.ms": max(500, self.settings.session_timeout_ms // 5),
+                "fetch.max.bytes": 16 * 1024 * 1024,
+                "queued.max.messages.kbytes": 16 * 1024,
+            }
+        )
+        conf.update(overrides)
+        return Consumer(conf)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].str()
+    return str(exc) if exc else "no answer"
+
+
+AckCallback = Callable[[KafkaError | None], None]
+
+
+class BoundedProducer:
+    """An idempotent producer whose unacknowledged messages are bounded.
+
+    `send` takes a slot before producing and the delivery report frees it, so
+    a slow broker slows the sources down (backpressure falls out of acks). A
+    background thread serves delivery reports.
+    """
+
+    def __init__(self, connection: KafkaConnection, max_in_flight: int = 32, **overrides: Any) -> None:
+        conf = connection.config(
+            **{
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "message.max.bytes": 16 * 1024 * 1024,
+                "queue.buffering.max.kbytes": 256 * 1024,
+            }
+        )
+        conf.update(overrides)
+        self._producer = Producer(conf)
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._closing = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="kanal-producer-poll", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._closing.is_set():
+            self._producer.poll(0.05)
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_ack: AckCallback,
+    ) -> None:
+        self._slots.acquire()
+
+        def delivered(err: KafkaError | None, _msg: object) -> None:
+            self._slots.release()
+            on_ack(err)
+
+        kwargs: dict[str, Any] = {"value": value, "key": key, "headers": headers, "on_delivery": delivered}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                return
+            except BufferError:
+                time.sleep(0.005)  # the local queue is full: the poller drains it
+
+    def flush(self, timeout: float = 30.0) -> int:
+        return int(self._producer.flush(timeout))
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.flush(timeout)
+        self._closing.set()
+        self._poller.join(timeout=2)
+
+
+@contextlib.contextmanager
+def quiet_rdkafka(verbose: bool) -> Iterator[None]:
+    """Show librdkafka's own log lines only in verbose mode."""
+    previous = rdkafka_log.level
+    rdkafka_log.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        rdkafka_log.setLevel(previous)

@@ -1,0 +1,1 @@
+"""Jobs: the job file model, and the runners behind every CLI command."""

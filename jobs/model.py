@@ -1,0 +1,86 @@
+"""The job file (DESIGN §7), validated with pydantic.
+
+Connector-specific blocks (`config`, per-entity options) are validated
+against the connector's own models in `jobs.load`, so a typo anywhere in a job
+file is reported with its path before anything runs.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kanal.core.kafka import KafkaSettings
+from kanal.core.model import ENTITIES
+from kanal.core.retry import RetryPolicy
+
+_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _known_entities(entities: dict[str, Any]) -> dict[str, Any]:
+    unknown = [e for e in entities if e not in ENTITIES]
+    if unknown:
+        raise ValueError(f"unknown entity {unknown[0]!r} (known: {', '.join(ENTITIES)})")
+    return {k: (v or {}) for k, v in entities.items()}
+
+
+class SourceSpec(Strict):
+    connector: str = Field(description="installed connector name (see `kanal connectors`)")
+    config: dict[str, Any] = Field(default_factory=dict, description="the connector's settings")
+    entities: dict[str, dict[str, Any] | None] = Field(min_length=1, description="entity -> options")
+
+    _check = field_validator("entities")(classmethod(lambda cls, v: _known_entities(v)))
+
+
+class SinkSpec(Strict):
+    name: str = Field(pattern=_NAME, description="names the consumer group and the sink in reports")
+    connector: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    entities: dict[str, dict[str, Any] | None] = Field(min_length=1)
+
+    _check = field_validator("entities")(classmethod(lambda cls, v: _known_entities(v)))
+
+
+class ErrorPolicy(str, Enum):
+    DLQ = "dlq"
+    FAIL = "fail"
+
+
+class ErrorsSpec(Strict):
+    policy: ErrorPolicy = Field(ErrorPolicy.DLQ, description="dlq: set bad records aside; fail: stop the job")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+class BatchSpec(Strict):
+    message_rows: int = Field(10_000, ge=100, le=200_000, description="records per bulk Kafka message")
+    sink_rows: int = Field(100_000, ge=1_000, le=2_000_000, description="records per sink write")
+    source_workers: int = Field(2, ge=1, le=64, description="chunks read in parallel")
+    sink_writers: int = Field(2, ge=1, le=64, description="parallel writers per sink")
+    max_in_flight: int = Field(48, ge=1, le=10_000, description="unacknowledged messages before sources wait")
+
+
+class Job(Strict):
+    name: str = Field(pattern=_NAME, description="job name: topics, groups and state are named after it")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    source: SourceSpec
+    sinks: list[SinkSpec] = Field(min_length=1)
+    errors: ErrorsSpec = Field(default_factory=ErrorsSpec)
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    state_dir: str | None = Field(None, description="where checkpoints live (default: .kanal/ beside the job file)")
+
+    @model_validator(mode="after")
+    def _sinks_consistent(self) -> Job:
+        names = [s.name for s in self.sinks]
+        if len(set(names)) != len(names):
+            raise ValueError("sink names must be unique")
+        for i, sink in enumerate(self.sinks):
+            for entity in sink.entities:
+                if entity not in self.source.entities:
+                    raise ValueError(f"sinks[{i}] ({sink.name}) wants {entity!r}, which the source does not provide")
+        return self

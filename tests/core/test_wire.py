@@ -1,0 +1,44 @@
+import polars as pl
+
+from kanal.core import wire
+from kanal.core.validate import KEY
+
+
+def _frame(n: int) -> pl.DataFrame:
+    return pl.DataFrame({KEY: [f"k{i % 50}" for i in range(n)], "v": list(range(n))})
+
+
+def test_parts_group_each_key_on_one_partition_in_order() -> None:
+    parts = wire.split_for_partitions(_frame(1000), partitions=4, max_rows=100)
+    assert sum(p.frame.height for p in parts) == 1000
+    assert all(p.frame.height <= 100 for p in parts)
+    where = {}
+    for p in parts:
+        for key in set(p.frame[KEY].to_list()):
+            assert where.setdefault(key, p.partition) == p.partition
+    for p in parts:  # order of versions of a key is kept inside a partition
+        for _, group in p.frame.group_by(KEY):
+            assert group["v"].is_sorted()
+    assert [p.index for p in parts] == list(range(len(parts)))
+
+
+def test_partition_of_matches_bulk_split() -> None:
+    frame = _frame(200)
+    parts = wire.split_for_partitions(frame, partitions=8, max_rows=1000)
+    expected = dict(zip(frame[KEY].to_list(), wire.partition_of(frame[KEY], 8).to_list(), strict=True))
+    for p in parts:
+        assert {expected[k] for k in p.frame[KEY].to_list()} == {p.partition}
+
+
+def test_arrow_round_trip_keeps_types() -> None:
+    frame = pl.DataFrame({"a": ["x", None], "t": pl.Series([1, 2]).cast(pl.Datetime("us", "UTC"))})
+    assert wire.decode(wire.encode_arrow(frame), "arrow").equals(frame)
+
+
+def test_json_record_decodes_with_schema() -> None:
+    frame = wire.decode(b'{"sku": "A", "amount": "1.50"}', "json", pl.Schema({"sku": pl.String, "amount": pl.String}))
+    assert frame.to_dicts() == [{"sku": "A", "amount": "1.50"}]
+
+
+def test_empty_frame_has_no_parts() -> None:
+    assert wire.split_for_partitions(_frame(0), 4, 10) == []
