@@ -124,17 +124,19 @@ def _print_report(report: MigrationReport, job: str) -> None:
     table.add_column("entity")
     table.add_column("source rows", justify="right")
     for sink in m.sinks:
-        table.add_column(f"{sink}: written", justify="right")
-        table.add_column(f"{sink}: older/refused", justify="right")
+        table.add_column(f"→ {sink}", justify="right")
     table.add_column("dead letters", justify="right")
-    table.add_column("records/s", justify="right")
     for name, c in sorted(m.entities.items()):
-        row = [name, f"{c.read + c.already:,}"]
+        cells = [name, f"{c.read + c.already:,}"]
         for sink in m.sinks:
-            row += [f"{c.written[sink]:,}", f"{c.skipped[sink]:,}/{c.failed[sink]:,}"]
-        row += [f"{c.dead:,}", f"{(c.read / report.seconds) if report.seconds else 0:,.0f}"]
-        table.add_row(*row)
+            extra = [f"{n:,} {what}" for n, what in ((c.skipped[sink], "older"), (c.failed[sink], "refused")) if n]
+            cells.append(f"{c.written[sink]:,}" + (f" ({', '.join(extra)})" if extra else ""))
+        cells.append(f"{c.dead:,}")
+        table.add_row(*cells)
     out.print(table)
+    read = sum(c.read for c in m.entities.values())
+    if report.seconds and read:
+        out.print(f"{read:,} records read and delivered in {report.seconds:.1f}s: {read / report.seconds:,.0f} records/s")
     if report.resumed_chunks:
         out.print(f"resumed: {report.resumed_chunks} chunks had been delivered by an earlier run")
     for note in report.finish_notes:
@@ -244,7 +246,7 @@ def broker(port: int) -> None:
 
 
 @main.command()
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Data volume factor (1.0 = 1M+ prices).")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Data volume factor (1.0 = 1.2M prices).")
 @click.option("--folder", type=click.Path(file_okay=False), default="demo-output", show_default=True,
               help="Where the demo keeps its databases, job file and Parquet output.")
 @handled

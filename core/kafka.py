@@ -39,7 +39,9 @@ class KafkaSettings(BaseModel):
     partitions: int = Field(4, ge=1, le=1024, description="partitions of topics Kanal creates")
     replication_factor: int = Field(1, ge=1, description="replication of topics Kanal creates")
     connect_timeout_s: float = Field(20.0, gt=0, description="how long to retry reaching the broker at start")
-    session_timeout_ms: int = Field(6000, ge=1000, description="consumer session timeout (joins take half of it)")
+    session_timeout_ms: int | None = Field(
+        None, ge=1000, description="consumer session timeout; joins take half of it (default 1500 embedded, 6000 otherwise)"
+    )
 
     @model_validator(mode="after")
     def _check_passthrough(self) -> KafkaSettings:
@@ -55,6 +57,11 @@ class KafkaSettings(BaseModel):
     @property
     def embedded(self) -> bool:
         return self.bootstrap_servers == "embedded"
+
+    @property
+    def session_timeout(self) -> int:
+        """Real brokers refuse sessions under 6 s by default; the embedded one takes short ones."""
+        return self.session_timeout_ms or (1500 if self.embedded else 6000)
 
     def client_config(self, bootstrap: str) -> dict[str, Any]:
         conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": rdkafka_log}
@@ -145,8 +152,8 @@ class KafkaConnection:
                 "group.id": group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
-                "session.timeout.ms": self.settings.session_timeout_ms,
-                "heartbeat.interval.ms": max(500, self.settings.session_timeout_ms // 5),
+                "session.timeout.ms": self.settings.session_timeout,
+                "heartbeat.interval.ms": max(300, self.settings.session_timeout // 5),
                 "fetch.max.bytes": 16 * 1024 * 1024,
                 "queued.max.messages.kbytes": 16 * 1024,
             }
