@@ -35,13 +35,17 @@ Frames handed to sinks carry canonical columns (see `core.model`) plus
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict
+
+
+Transform = Callable[[pl.DataFrame], pl.DataFrame]
+"""A pure frame-to-frame function (a compiled mapping, or identity)."""
 
 
 class DeltaKind(str, Enum):

@@ -26,14 +26,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import polars as pl
 from confluent_kafka import KafkaError, TopicPartition
 
 from kanal.core import wire
-from kanal.core.connector import EntityOptions, Sink
+from kanal.core.connector import EntityOptions, Sink, Transform
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_dead_letters
 from kanal.core.errors import JobFailed, Unreachable
 from kanal.core.isolate import write_isolating
@@ -45,7 +44,6 @@ from kanal.core.retry import RetryPolicy, call_with_retry
 from kanal.core.validate import KEY
 
 log = logging.getLogger("kanal.deliver")
-Transform = Callable[[pl.DataFrame], pl.DataFrame]
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,6 @@ class SinkDelivery:
         self._queues: list[queue.Queue[_Batch | None]] = [queue.Queue(maxsize=2) for _ in instances]
         self._done: queue.Queue[_Batch] = queue.Queue()
         self._threads: list[threading.Thread] = []
-        self.ready = threading.Event()
 
     # lifecycle -----------------------------------------------------------
 
@@ -148,7 +145,7 @@ class SinkDelivery:
         pending: dict[tuple[int, str], _Batch] = {}
         paused = False
         try:
-            consumer.subscribe(list(self.topics), on_assign=lambda c, parts: self.ready.set())
+            consumer.subscribe(list(self.topics))
             while not self._stop.is_set():
                 self._commit_done(consumer)
                 if self._any_full():

@@ -10,14 +10,13 @@ sinks fall behind, which is what keeps memory flat whatever the volume.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
 from confluent_kafka import KafkaError
 
 from kanal.core import wire
-from kanal.core.connector import Chunk, EntityOptions, Source
+from kanal.core.connector import Chunk, EntityOptions, Source, Transform
 from kanal.core.dlq import STAGE_SOURCE, DeadLetterStore, letters_frame, publish_dead_letters
 from kanal.core.errors import BrokerUnavailable
 from kanal.core.kafka import BoundedProducer
@@ -25,8 +24,6 @@ from kanal.core.model import Entity
 from kanal.core.progress import Metrics
 from kanal.core.receipts import Receipts
 from kanal.core.validate import KEY, REASON, conform, split
-
-Transform = Callable[[pl.DataFrame], pl.DataFrame]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kanal.core.connector import Sink, Source
 from kanal.core.errors import KanalError
 from kanal.core.kafka import KafkaConnection, quiet_rdkafka
 from kanal.jobs.load import LoadedJob
@@ -17,6 +18,16 @@ class CheckResult:
     detail: str
 
 
+def _probe(system: str, connector: Source | Sink) -> CheckResult:
+    try:
+        connector.check()
+        return CheckResult(system, True, "reachable")
+    except KanalError as exc:
+        return CheckResult(system, False, exc.message)
+    finally:
+        connector.close()
+
+
 def check(loaded: LoadedJob, verbose: bool = False) -> list[CheckResult]:
     results = []
     try:
@@ -24,21 +35,7 @@ def check(loaded: LoadedJob, verbose: bool = False) -> list[CheckResult]:
             results.append(CheckResult("kafka", True, f"reachable at {kafka.bootstrap}"))
     except KanalError as exc:
         results.append(CheckResult("kafka", False, exc.message))
-    source = make_source(loaded)
-    try:
-        source.check()
-        results.append(CheckResult(f"source ({loaded.job.source.connector})", True, "reachable"))
-    except KanalError as exc:
-        results.append(CheckResult(f"source ({loaded.job.source.connector})", False, exc.message))
-    finally:
-        source.close()
+    results.append(_probe(f"source ({loaded.job.source.connector})", make_source(loaded)))
     for plan in loaded.sinks:
-        sink = make_sink(plan)
-        try:
-            sink.check()
-            results.append(CheckResult(f"sink {plan.name} ({plan.connector.name})", True, "reachable"))
-        except KanalError as exc:
-            results.append(CheckResult(f"sink {plan.name} ({plan.connector.name})", False, exc.message))
-        finally:
-            sink.close()
+        results.append(_probe(f"sink {plan.name} ({plan.connector.name})", make_sink(plan)))
     return results

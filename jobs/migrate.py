@@ -26,7 +26,7 @@ from rich.console import Console
 
 from kanal.core.connector import Chunk, Sink, Source
 from kanal.core.deliver import SinkDelivery, SinkFlow, first_error
-from kanal.core.errors import JobFailed, KanalError
+from kanal.core.errors import JobFailed
 from kanal.core.kafka import BoundedProducer, KafkaConnection, quiet_rdkafka
 from kanal.core.model import entity as canonical
 from kanal.core.progress import Metrics, ProgressDisplay
@@ -272,4 +272,4 @@ def _read_all(
         for f in [pool.submit(worker, i) for i in range(workers)]:
             f.result()
     if errors:
-        raise errors[0] if isinstance(errors[0], KanalError) else errors[0]
+        raise errors[0]

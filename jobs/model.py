@@ -35,7 +35,10 @@ class SourceSpec(Strict):
     config: dict[str, Any] = Field(default_factory=dict, description="the connector's settings")
     entities: dict[str, dict[str, Any] | None] = Field(min_length=1, description="entity -> options")
 
-    _check = field_validator("entities")(classmethod(lambda cls, v: _known_entities(v)))
+    @field_validator("entities")
+    @classmethod
+    def _entities(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _known_entities(value)
 
 
 class SinkSpec(Strict):
@@ -44,7 +47,10 @@ class SinkSpec(Strict):
     config: dict[str, Any] = Field(default_factory=dict)
     entities: dict[str, dict[str, Any] | None] = Field(min_length=1)
 
-    _check = field_validator("entities")(classmethod(lambda cls, v: _known_entities(v)))
+    @field_validator("entities")
+    @classmethod
+    def _entities(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _known_entities(value)
 
 
 class ErrorPolicy(str, Enum):

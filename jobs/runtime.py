@@ -6,9 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from kanal.core.connector import Sink, Source
+from kanal.core.connector import Sink, Source, Transform
 from kanal.core.dlq import DeadLetterStore
-from kanal.core.publish import Transform
 from kanal.core.validate import KEY
 from kanal.jobs.load import EntityPlan, LoadedJob, SinkPlan
 from kanal.mappings import load_mapping
