@@ -101,7 +101,12 @@ class SinkDelivery:
         stable_batches: bool,
         attempt: str,
         metrics: Metrics,
+        partitions: dict[str, int] | None = None,
     ) -> None:
+        """`partitions` (topic -> count) assigns them directly instead of joining
+        the consumer group: right when no other process can share the work (the
+        embedded broker), and it saves the join (half a session timeout)."""
+        self.partitions = partitions
         self.name, self.job = name, job
         self.connection, self.instances, self.flows = connection, instances, flows
         self.topics = topics  # topic -> entity
@@ -145,7 +150,10 @@ class SinkDelivery:
         pending: dict[tuple[int, str], _Batch] = {}
         paused = False
         try:
-            consumer.subscribe(list(self.topics))
+            if self.partitions is None:
+                consumer.subscribe(list(self.topics))
+            else:  # committed offsets still apply: the group id is set, only the join is skipped
+                consumer.assign([TopicPartition(t, p) for t, n in self.partitions.items() for p in range(n)])
             while not self._stop.is_set():
                 self._commit_done(consumer)
                 if self._any_full():

@@ -9,6 +9,7 @@ sinks fall behind, which is what keeps memory flat whatever the volume.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -46,6 +47,9 @@ class Rejected:
     count: int
     first_key: str
     first_reason: str
+
+
+log = logging.getLogger("kanal.publish")
 
 
 class Publisher:
@@ -87,6 +91,7 @@ class Publisher:
         self.receipts.expect(name, chunk.id, len(parts), valid.height, dead)
         for part in parts:
             self._send(flow, chunk, part, len(parts))
+        log.debug("published %s chunk %s: %d rows in %d messages", name, chunk.id, valid.height, len(parts))
 
     def _reject(self, flow: SourceFlow, chunk: Chunk, invalid: pl.DataFrame | None) -> int:
         """Dead-letter (policy dlq) or remember (policy fail) a chunk's invalid rows."""

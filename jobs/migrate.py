@@ -14,6 +14,7 @@ Order of a run:
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -39,6 +40,7 @@ from kanal.jobs.model import ErrorPolicy
 from kanal.jobs.runtime import dead_letter_store, make_sink, make_source, sink_transform, source_transform
 
 MIGRATION = "migration"
+log = logging.getLogger("kanal.migrate")
 
 
 @dataclass
@@ -106,6 +108,7 @@ def _run(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: 
     job = loaded.job
     started = time.monotonic()
     source, sinks = _connect_all(loaded)
+    log.debug("systems reached and targets prepared")
     entities = list(loaded.source_entities)
     topics = {e: job.kafka.topic(e) for e in entities}
     kafka.ensure_topics(list(topics.values()), compact=True)
@@ -114,6 +117,7 @@ def _run(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: 
     partitions = {e: kafka.partitions_of(t) for e, t in topics.items()}
 
     plans, done, doc = _plan(loaded, source, state)
+    log.debug("planned %d chunks (%d done before)", sum(len(c) for c in plans.values()), len(done))
     metrics = Metrics([p.name for p in loaded.sinks])
     for e, chunks in plans.items():
         c = metrics.entity(e)
@@ -178,6 +182,7 @@ def _run(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: 
                 stable_batches=plan.connector.capabilities.stable_batches,
                 attempt=attempt,
                 metrics=metrics,
+                partitions={topics[e]: partitions[e] for e in flows} if job.kafka.embedded else None,
             )
         )
     flows = {
@@ -193,6 +198,7 @@ def _run(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: 
             if not todo:
                 all_done.set()
             _read_all(loaded, flows, todo, publisher, failed_chunks, deliveries, all_done, source)
+            log.debug("every chunk read and published")
             while not all_done.wait(0.1):
                 if (err := first_error(deliveries)) is not None:
                     raise err
@@ -204,6 +210,7 @@ def _run(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: 
             if (err := first_error(deliveries)) is not None:
                 raise err
             producer.close()
+            log.debug("every chunk delivered")
             report.rejected = publisher.rejected
             if not report.rejected:
                 for plan in loaded.sinks:
