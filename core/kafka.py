@@ -155,7 +155,7 @@ class KafkaConnection:
                 "session.timeout.ms": self.settings.session_timeout,
                 "heartbeat.interval.ms": max(300, self.settings.session_timeout // 5),
                 "fetch.max.bytes": 16 * 1024 * 1024,
-                "queued.max.messages.kbytes": 16 * 1024,
+                "queued.max.messages.kbytes": 4 * 1024,
             }
         )
         conf.update(overrides)
