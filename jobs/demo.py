@@ -29,11 +29,12 @@ LOCATIONS = ("WH-BERLIN", "WH-HAMBURG", "STORE-MUNICH")
 
 
 def _server(folder: Path):  # type: ignore[no-untyped-def]
+    # pgserver asks platformdirs for a runtime folder it does not need here.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:
         import pgserver  # type: ignore[import-untyped]
     except ImportError:
         raise KanalError("the demo needs pgserver: pip install 'kanal[embedded]'") from None
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o777)  # pgserver runs PostgreSQL as its own user when started by root
     return pgserver.get_server(folder, cleanup_mode="stop")
