@@ -95,8 +95,11 @@ class PostgresSource(Source):
     def snapshot(self, entity: str, options: EntityOptions, chunk: Chunk) -> Iterator[pl.DataFrame]:
         opts = self._opts(options)
         columns = self._columns(opts)
+        # 'infinity' (an open-ended valid_to) has no epoch: it becomes NULL, "no end".
         select = ", ".join(
-            f'(extract(epoch from "{name}") * 1000000)::int8' if dtype in _TEMPORAL else f'"{name}"'
+            f'case when isfinite("{name}") then (extract(epoch from "{name}") * 1000000)::int8 end'
+            if dtype in _TEMPORAL
+            else f'"{name}"'
             for name, dtype in columns
         )
         conditions = [f"ctid >= '({int(chunk.spec['from'])},0)'::tid"]
@@ -111,7 +114,8 @@ class PostgresSource(Source):
         names = [name for name, _ in columns]
         temporal = [name for name, dtype in columns if dtype in _TEMPORAL]
         buf = io.BytesIO()
-        with translated(self.system), self._connection().cursor().copy(sql) as copy:
+        where = f"{self.system} ({opts.schema_name}.{opts.table}, chunk {chunk.id})"
+        with translated(where), self._connection().cursor().copy(sql) as copy:
             for data in copy:
                 buf.write(data)
         if buf.tell() == 0:

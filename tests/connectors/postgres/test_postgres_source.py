@@ -74,3 +74,13 @@ def test_unreachable_server_is_transient() -> None:
     with pytest.raises(Unreachable) as info:
         source.check()
     assert "pw-secret" not in str(info.value)
+
+
+def test_infinite_timestamps_become_null(dbs) -> None:
+    _seed(dbs.erp_sql, 3)
+    dbs.erp_sql("update erp_prices set valid_to = 'infinity' where sku = 'S1'")
+    source = PostgresSource(PostgresConfig(dsn=dbs.erp))
+    opts = PostgresSourceOptions(table="erp_prices")
+    frame = pl.concat([f for c in source.plan("prices", opts) for f in source.snapshot("prices", opts, c)])
+    assert frame.filter(pl.col("sku") == "S1")["valid_to"].to_list() == [None]
+    assert frame.height == 3
