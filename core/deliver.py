@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass, field
 
 import polars as pl
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from kanal.core import wire
-from kanal.core.connector import EntityOptions, Sink, Transform
+from kanal.core.connector import EntityOptions, Sink, Transform, WriteResult
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_dead_letters
 from kanal.core.errors import JobFailed, Unreachable
 from kanal.core.isolate import write_isolating
@@ -191,26 +191,26 @@ class SinkDelivery:
     def _any_full(self) -> bool:
         return any(q.full() for q in self._queues)
 
-    def _take(self, msg: object, pending: dict[tuple[int, str], _Batch]) -> None:
-        err = msg.error()  # type: ignore[attr-defined]
+    def _take(self, msg: Message, pending: dict[tuple[int, str], _Batch]) -> None:
+        err = msg.error()
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
                 return
             if err.fatal() or not err.retriable():
                 raise Unreachable("kafka", f"consumer error: {err.str()}")
             return
-        headers = wire.headers_of(msg.headers())  # type: ignore[attr-defined]
-        topic = msg.topic()  # type: ignore[attr-defined]
+        headers = wire.headers_of(msg.headers())
+        topic = msg.topic()
         entity = headers.get(wire.H_ENTITY) or self.topics[topic]
         if entity not in self.flows:
             return
-        frame = wire.decode(msg.value(), headers.get(wire.H_FORMAT, "json"), self.flows[entity].entity.schema)  # type: ignore[attr-defined]
+        frame = wire.decode(msg.value(), headers.get(wire.H_FORMAT, "json"), self.flows[entity].entity.schema)
         if KEY not in frame.columns:
             frame = frame.with_columns(self.flows[entity].entity.key_expr())
         meta = _Meta(
             topic,
-            msg.partition(),  # type: ignore[attr-defined]
-            msg.offset(),  # type: ignore[attr-defined]
+            msg.partition(),
+            msg.offset(),
             entity,
             headers.get(wire.H_CHUNK),
             int(headers[wire.H_PART]) if wire.H_PART in headers else None,
@@ -234,7 +234,7 @@ class SinkDelivery:
             except queue.Full:
                 continue
 
-    def _commit_done(self, consumer: object) -> None:
+    def _commit_done(self, consumer: Consumer) -> None:
         """Steps 3 and 4: commit offsets of written batches, then tell the receipts."""
         batches = []
         while True:
@@ -248,7 +248,7 @@ class SinkDelivery:
         for batch in batches:
             for m in batch.metas:
                 offsets[(m.topic, m.partition)] = max(offsets.get((m.topic, m.partition), -1), m.offset + 1)
-        consumer.commit(  # type: ignore[attr-defined]
+        consumer.commit(
             offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
         )
         for batch in batches:
@@ -277,7 +277,7 @@ class SinkDelivery:
         frame = flow.transform(frame)
         batch_id = batch.batch_id
 
-        def attempt() -> object:
+        def attempt() -> WriteResult:
             return write_isolating(lambda f: sink.write(batch.entity, flow.options, f, batch_id), frame)
 
         def waiting(exc: Unreachable, n: int) -> None:
@@ -287,9 +287,9 @@ class SinkDelivery:
         result = call_with_retry(attempt, self.retry, on_retry=waiting)
         self.metrics.note(self.name, None)
         log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, batch.entity, time.monotonic() - started)
-        self.metrics.add(batch.entity, "written", result.written, self.name)  # type: ignore[attr-defined]
-        self.metrics.add(batch.entity, "skipped", result.skipped_older, self.name)  # type: ignore[attr-defined]
-        failed = result.failed  # type: ignore[attr-defined]
+        self.metrics.add(batch.entity, "written", result.written, self.name)
+        self.metrics.add(batch.entity, "skipped", result.skipped_older, self.name)
+        failed = result.failed
         if failed is None or failed.is_empty():
             return
         self.metrics.add(batch.entity, "failed", failed.height, self.name)
