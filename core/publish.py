@@ -26,6 +26,8 @@ from kanal.core.progress import Metrics
 from kanal.core.receipts import Receipts
 from kanal.core.validate import KEY, REASON, conform, split
 
+log = logging.getLogger("kanal.publish")
+
 
 @dataclass(frozen=True)
 class SourceFlow:
@@ -49,9 +51,6 @@ class Rejected:
     first_reason: str
 
 
-log = logging.getLogger("kanal.publish")
-
-
 class Publisher:
     def __init__(
         self,
@@ -72,6 +71,7 @@ class Publisher:
         self.dead_letters, self.dlq_topic, self.use_dlq = dead_letters, dlq_topic, use_dlq
         self.message_rows, self.attempt, self.metrics = message_rows, attempt, metrics
         self.rejected: list[Rejected] = []
+        self._rejected_chunks: set[tuple[str, str]] = set()
         self.send_errors: list[str] = []
         self._lock = threading.Lock()
 
@@ -102,8 +102,9 @@ class Publisher:
             return 0
         if not self.use_dlq:
             first = invalid.row(0, named=True)
-            with self._lock:
+            with self._lock:  # recorded before the chunk is announced, so it is never checkpointed
                 self.rejected.append(Rejected(name, chunk.id, invalid.height, first[KEY], first[REASON]))
+                self._rejected_chunks.add((name, chunk.id))
             return 0
         letters = letters_frame(invalid, name, STAGE_SOURCE, None, flow.entity.field_names)
         self.dead_letters.put(name, STAGE_SOURCE, chunk.id, letters)
@@ -139,6 +140,11 @@ class Publisher:
         self.producer.send(
             flow.topic, wire.encode_arrow(part.frame), key=key, partition=part.partition, headers=headers, on_ack=acked
         )
+
+    def has_rejected(self, entity: str, chunk: str) -> bool:
+        """Whether the chunk had invalid rows under policy `fail` (it must be read again)."""
+        with self._lock:
+            return (entity, chunk) in self._rejected_chunks
 
     def raise_send_errors(self) -> None:
         with self._lock:

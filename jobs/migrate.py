@@ -129,14 +129,13 @@ def _run(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: 
         c.dead = sum(v.get("dead", 0) for v in finished.values())
     todo = [(e, ch) for e in entities for ch in plans[e] if (e, ch.id) not in done]
     use_dlq = job.errors.policy == ErrorPolicy.DLQ
-    failed_chunks: set[tuple[str, str]] = set()
     all_done = threading.Event()
     remaining = [len(todo)]
     lock = threading.Lock()
 
     def checkpoint(entity: str, chunk: str, rows: int, dead: int) -> None:
         with lock:
-            if (entity, chunk) not in failed_chunks:
+            if not publisher.has_rejected(entity, chunk):
                 state.update(lambda d: d[MIGRATION]["entities"][entity]["done"].__setitem__(chunk, {"rows": rows, "dead": dead}))
             metrics.entity(entity).chunks_done += 1
             remaining[0] -= 1
@@ -197,7 +196,7 @@ def _run(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: 
                 d.start()
             if not todo:
                 all_done.set()
-            _read_all(loaded, flows, todo, publisher, failed_chunks, deliveries, all_done, source)
+            _read_all(loaded, flows, todo, publisher, deliveries, source)
             log.debug("every chunk read and published")
             while not all_done.wait(0.1):
                 if (err := first_error(deliveries)) is not None:
@@ -244,9 +243,7 @@ def _read_all(
     flows: dict[str, SourceFlow],
     todo: list[tuple[str, Chunk]],
     publisher: Publisher,
-    failed_chunks: set[tuple[str, str]],
     deliveries: list[SinkDelivery],
-    all_done: threading.Event,
     first_source: Source,
 ) -> None:
     """Read chunks with `source_workers` threads, each with its own source connection."""
@@ -264,10 +261,7 @@ def _read_all(
                     entity, chunk = work.get_nowait()
                 except queue.Empty:
                     return
-                before = len(publisher.rejected)
                 call_with_retry(lambda: publisher.publish(source, flows[entity], chunk), retry)
-                if len(publisher.rejected) > before:
-                    failed_chunks.add((entity, chunk.id))
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
         finally:

@@ -76,3 +76,17 @@ def test_rerun_after_completion_changes_nothing(cli, dbs) -> None:
     before = dbs.shop_sql(erp.PRICE_SUM.format(t="shop_prices", where=""))
     cli.run("migrate", str(job), check=True)
     assert dbs.shop_sql(erp.PRICE_SUM.format(t="shop_prices", where="")) == before
+
+
+def test_policy_fail_rereads_rejected_chunks_after_the_source_is_fixed(cli, dbs) -> None:
+    erp.seed(dbs.erp_sql, products=50)
+    dbs.erp_sql("delete from erp_prices")
+    dbs.erp_sql("insert into erp_prices (sku, price_list, currency, amount, updated_at) "
+                "select 'P' || g, 'base', 'EURO', 1, now() from generate_series(1, 5) g")  # a chunk with no valid row
+    job = cli.write_job(erp.job(policy="fail"))
+    first = cli.run("migrate", str(job))
+    assert first.returncode == 1 and "5 invalid record(s)" in first.stderr
+    dbs.erp_sql("update erp_prices set currency = 'EUR'")
+    cli.run("migrate", str(job), check=True)
+    assert dbs.shop_sql("select count(*) from shop_prices") == [(5,)]
+    assert dbs.shop_sql("select count(*) from shop_products") == [(50,)]
