@@ -17,6 +17,15 @@ Source::
     for frame in src.snapshot(entity, opts, chunk): ...
     src.close()
 
+Deltas (sources whose capabilities list a delta kind)::
+
+    reader = src.delta(context)      # a DeltaReader for the entities with `delta:`
+    start = reader.start()           # position *before* a snapshot (gap-free handover)
+    changes = reader.read(position)  # changes after `position`, bounded; empty when caught up
+    reader.confirm(position)         # the engine delivered everything up to `position`
+    reader.close()
+    src.cleanup(context)             # drop what `start` created (slot, publication)
+
 Sink::
 
     sink = SinkCls(config)
@@ -29,7 +38,9 @@ Sink::
 `opts` is the connector's per-entity options model (`entity_options`), parsed
 from the job file's `entities:` block, so connectors get typed settings too.
 Frames handed to sinks carry canonical columns (see `core.model`) plus
-`_kanal_key`, the stable key string.
+`_kanal_key`, the stable key string, and — for deltas — `_kanal_op` and
+`_kanal_version` (see `OP`, `VERSION`). A sink that declares
+`supports_deletes` applies delete rows; per key, rows arrive in source order.
 """
 
 from __future__ import annotations
@@ -38,14 +49,22 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 Transform = Callable[[pl.DataFrame], pl.DataFrame]
 """A pure frame-to-frame function (a compiled mapping, or identity)."""
+
+OP = "_kanal_op"
+"""Engine column of change frames: `upsert` or `delete`."""
+UPSERT, DELETE = "upsert", "delete"
+VERSION = "_kanal_version"
+"""Engine column (Int64): the record's version from the source position (LSN,
+cursor time in epoch microseconds, file time). Sinks apply a record only if
+it is not older than what they hold, so replays and overlaps are harmless."""
 
 
 class DeltaKind(str, Enum):
@@ -61,10 +80,23 @@ class FrozenModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class CursorDelta(FrozenModel):
+    """`delta: {cursor: updated_at}`: poll rows whose change column moved."""
+
+    cursor: str = Field(description="column that grows on every change (a timestamp)")
+    overlap_s: float = Field(
+        5.0, ge=0, le=86_400, description="re-read this far behind the last cursor (clock skew, long transactions)"
+    )
+    poll_s: float = Field(1.0, gt=0, le=86_400, description="seconds between polls when streaming continuously")
+
+
 class EntityOptions(FrozenModel):
     """Per-entity options in a job file; connectors extend it with their own."""
 
     mapping: str | None = None
+    delta: Literal["cdc", "files"] | CursorDelta | None = Field(
+        None, description="how changes are read after the snapshot: cdc, files, or {cursor: column}"
+    )
 
 
 @dataclass(frozen=True)
@@ -126,6 +158,57 @@ class WriteResult:
         return 0 if self.failed is None else self.failed.height
 
 
+@dataclass(frozen=True)
+class DeltaContext:
+    """What a delta reader needs to know: the job (names slots) and its entities."""
+
+    job: str
+    entities: dict[str, EntityOptions]
+
+
+@dataclass
+class Changes:
+    """One read of a delta stream.
+
+    `frames` hold, per entity, the source's columns plus `OP` and `VERSION`
+    (delete rows need only the columns that make the key); `position` is
+    JSON-able and opaque to the engine: it is stored, handed back to `read`,
+    and confirmed once everything up to it is delivered.
+    """
+
+    frames: dict[str, pl.DataFrame]
+    position: dict[str, Any]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.height for f in self.frames.values())
+
+
+class DeltaReader(ABC):
+    """Reads changes after a position; never decides what counts as delivered."""
+
+    @abstractmethod
+    def start(self) -> dict[str, Any]:
+        """The current position, fixed *before* a snapshot begins (creating a slot if needed)."""
+
+    @abstractmethod
+    def read(self, position: dict[str, Any]) -> Changes:
+        """Changes after `position`, bounded in size; no frames when caught up."""
+
+    def confirm(self, position: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Everything up to `position` is delivered: let the source release it (WAL)."""
+
+    def idle(self) -> None:  # noqa: B027 - optional hook
+        """Nothing is in flight: a chance to advance past quiet stretches (heartbeat)."""
+
+    def status(self) -> dict[str, str]:
+        """Source-side figures for `kanal status` (e.g. retained WAL)."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
 class Source(ABC):
     """Reads one system; yields polars frames of raw or canonical columns."""
 
@@ -149,6 +232,14 @@ class Source(ABC):
     @abstractmethod
     def snapshot(self, entity: str, options: EntityOptions, chunk: Chunk) -> Iterator[pl.DataFrame]:
         """Yield the rows of one chunk as frames (bounded in size)."""
+
+    def delta(self, context: DeltaContext) -> DeltaReader:
+        """A reader of changes for the entities of `context` (capability `delta`)."""
+        raise NotImplementedError(f"{type(self).__name__} reads no deltas")
+
+    def cleanup(self, context: DeltaContext) -> list[str]:
+        """Drop what delta reading created in the source; returns lines for the user."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -32,7 +32,8 @@ import polars as pl
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from kanal.core import wire
-from kanal.core.connector import EntityOptions, Sink, Transform, WriteResult
+from kanal.core.changes import keeping_engine_columns
+from kanal.core.connector import OP, VERSION, EntityOptions, Sink, Transform, WriteResult
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_dead_letters
 from kanal.core.errors import JobFailed, Unreachable
 from kanal.core.isolate import write_isolating
@@ -44,6 +45,9 @@ from kanal.core.retry import RetryPolicy, call_with_retry
 from kanal.core.validate import KEY
 
 log = logging.getLogger("kanal.deliver")
+_LINGER_S = 0.05
+"""A batch is written when full, when nothing more arrives, or after this long:
+deltas arrive steadily, and waiting for a full batch would delay them."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,39 @@ class _Meta:
 
 @dataclass
 class _Batch:
+    """Messages of one entity for one writer, in partition order.
+
+    Bulk messages arrive as frames; delta records as JSON lines, gathered in
+    runs so that a run decodes in one call and the order between bulk and
+    delta messages is kept.
+    """
+
     entity: str
-    frames: list[pl.DataFrame] = field(default_factory=list)
+    segments: list[pl.DataFrame | list[bytes]] = field(default_factory=list)
     metas: list[_Meta] = field(default_factory=list)
     rows: int = 0
+    born: float = field(default_factory=time.monotonic)
+
+    def add_frame(self, frame: pl.DataFrame) -> None:
+        self.segments.append(frame)
+        self.rows += frame.height
+
+    def add_line(self, line: bytes) -> None:
+        if not self.segments or not isinstance(self.segments[-1], list):
+            self.segments.append([])
+        last = self.segments[-1]
+        assert isinstance(last, list)
+        last.append(line)
+        self.rows += 1
+
+    def frame(self, entity: Entity) -> pl.DataFrame:
+        schema = pl.Schema({**entity.schema, KEY: pl.String, OP: pl.String, VERSION: pl.Int64})
+        frames = [s if isinstance(s, pl.DataFrame) else wire.decode_lines(s, schema) for s in self.segments]
+        frame = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+        if KEY not in frame.columns or frame.get_column(KEY).null_count():
+            # records from other producers may lack the key string: derive it
+            frame = frame.with_columns(entity.key_expr())
+        return frame
 
     @property
     def batch_id(self) -> str:
@@ -165,12 +198,12 @@ class SinkDelivery:
                 if paused:
                     consumer.resume(consumer.assignment())
                     paused = False
-                messages = consumer.consume(num_messages=32, timeout=0.1)
+                messages = consumer.consume(num_messages=500, timeout=0.1)
                 for msg in messages:
                     self._take(msg, pending)
-                if not messages or self.stable_batches:
-                    for key in list(pending):
-                        self._dispatch(pending.pop(key))
+                now = time.monotonic()
+                for key in [k for k, b in pending.items() if not messages or now - b.born >= _LINGER_S]:
+                    self._dispatch(pending.pop(key))
             for key in list(pending):  # drain what was read before stopping
                 self._dispatch(pending.pop(key))
             for q in self._queues:
@@ -204,9 +237,10 @@ class SinkDelivery:
         entity = headers.get(wire.H_ENTITY) or self.topics[topic]
         if entity not in self.flows:
             return
-        frame = wire.decode(msg.value(), headers.get(wire.H_FORMAT, "json"), self.flows[entity].entity.schema)
-        if KEY not in frame.columns:
-            frame = frame.with_columns(self.flows[entity].entity.key_expr())
+        fmt = headers.get(wire.H_FORMAT, "json")
+        value = msg.value()
+        if fmt == "json" and value is None and wire.H_RECORD not in headers:
+            return  # a tombstone without the key fields (not written by Kanal): nothing to apply
         meta = _Meta(
             topic,
             msg.partition(),
@@ -219,9 +253,11 @@ class SinkDelivery:
         writer = meta.partition % len(self.instances)
         key = (writer, entity)
         batch = pending.setdefault(key, _Batch(entity))
-        batch.frames.append(frame)
+        if fmt == "json":
+            batch.add_line(value if value is not None else headers[wire.H_RECORD].encode())
+        else:
+            batch.add_frame(wire.decode_arrow(value))
         batch.metas.append(meta)
-        batch.rows += frame.height
         if batch.rows >= self.batch_rows or self.stable_batches:
             self._dispatch(pending.pop(key))
 
@@ -273,8 +309,7 @@ class SinkDelivery:
     def _write(self, sink: Sink, batch: _Batch) -> None:
         """Steps 1 and 2."""
         flow = self.flows[batch.entity]
-        frame = pl.concat(batch.frames, how="vertical_relaxed") if len(batch.frames) > 1 else batch.frames[0]
-        frame = flow.transform(frame)
+        frame = keeping_engine_columns(flow.transform, batch.frame(flow.entity), "the sink mapping")
         batch_id = batch.batch_id
 
         def attempt() -> WriteResult:

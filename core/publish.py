@@ -1,10 +1,14 @@
-"""Source side of a migration: read a chunk, validate it, publish it.
+"""Source side: read a chunk (or a read of changes), validate it, publish it.
 
-For each chunk: snapshot -> mapping -> `conform` (vectorized validation) ->
+For each snapshot chunk: snapshot -> mapping -> `conform` (vectorized validation) ->
 invalid rows to the dead letters -> valid rows grouped by partition into bulk
 messages -> the receipt is told how many messages to expect -> send. The
 producer's bounded in-flight window blocks `send` when the broker or the
 sinks fall behind, which is what keeps memory flat whatever the volume.
+
+Changes (deltas) take the same path but leave as one keyed JSON message per
+record (a tombstone for a delete), so compaction and per-key consumers work;
+their receipt "chunk" is the read they came from.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ import polars as pl
 from confluent_kafka import KafkaError
 
 from kanal.core import wire
-from kanal.core.connector import Chunk, EntityOptions, Source, Transform
+from kanal.core.changes import conform_changes
+from kanal.core.connector import VERSION, Chunk, EntityOptions, Source, Transform
 from kanal.core.dlq import STAGE_SOURCE, DeadLetterStore, letters_frame, publish_dead_letters
 from kanal.core.errors import BrokerUnavailable
 from kanal.core.kafka import BoundedProducer
 from kanal.core.model import Entity
 from kanal.core.progress import Metrics
 from kanal.core.receipts import Receipts
-from kanal.core.validate import KEY, REASON, conform, split
+from kanal.core.validate import KEY, REASON
 
 log = logging.getLogger("kanal.publish")
 
@@ -38,6 +43,9 @@ class SourceFlow:
     transform: Transform
     topic: str
     partitions: int
+    version: pl.Expr | None = None
+    """The version of snapshot rows, over source columns (cursor deltas: the
+    cursor; CDC: 0, older than every change); None: no version."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,9 @@ class Publisher:
         valid_frames, invalid_frames = [], []
         for frame in source.snapshot(name, flow.options, chunk):
             self.metrics.add(name, "read", frame.height)
-            valid, invalid = split(conform(flow.transform(frame), flow.entity))
+            if flow.version is not None:
+                frame = frame.with_columns(flow.version.cast(pl.Int64).alias(VERSION))
+            valid, invalid = conform_changes(frame, flow.entity, flow.transform)
             valid_frames.append(valid)
             if not invalid.is_empty():
                 invalid_frames.append(invalid)
@@ -93,11 +103,50 @@ class Publisher:
             self._send(flow, chunk, part, len(parts))
         log.debug("published %s chunk %s: %d rows in %d messages", name, chunk.id, valid.height, len(parts))
 
-    def _reject(self, flow: SourceFlow, chunk: Chunk, invalid: pl.DataFrame | None) -> int:
-        """Dead-letter (policy dlq) or remember (policy fail) a chunk's invalid rows."""
+    def publish_changes(self, flow: SourceFlow, frame: pl.DataFrame, read_id: str) -> None:
+        """Publish one entity's part of a read of changes, one message per record."""
+        name = flow.entity.name
+        self.metrics.add(name, "read", frame.height)
+        valid, invalid = conform_changes(frame, flow.entity, flow.transform)
+        dead = self._reject(flow, Chunk(read_id), None if invalid.is_empty() else invalid, replace=False)
+        records = wire.record_messages(valid, flow.partitions)
+        self.receipts.expect(name, read_id, len(records), valid.height, dead)
+        common = [
+            (wire.H_ENTITY, name.encode()),
+            (wire.H_FORMAT, b"json"),
+            (wire.H_CHUNK, read_id.encode()),
+            (wire.H_PARTS, str(len(records)).encode()),
+            (wire.H_ATTEMPT, self.attempt.encode()),
+            (wire.H_JOB, self.job.encode()),
+            (wire.H_SOURCE, self.source_name.encode()),
+            (wire.H_SCHEMA, wire.SCHEMA_VERSION),
+        ]
+
+        def acked(err: KafkaError | None) -> None:
+            if err is None:
+                self.metrics.add(name, "published", 1)
+            else:
+                with self._lock:
+                    self.send_errors.append(f"{name} changes {read_id}: {err.str()}")
+
+        for index, record in enumerate(records):
+            headers = [*common, (wire.H_PART, str(index).encode()), (wire.H_OP, record.op), (wire.H_VERSION, record.version)]
+            if record.value is None:
+                headers.append((wire.H_RECORD, record.line))
+            self.producer.send(
+                flow.topic, record.value, key=record.key, partition=record.partition, headers=headers, on_ack=acked
+            )
+        log.debug("published %d %s changes of read %s", len(records), name, read_id)
+
+    def _reject(self, flow: SourceFlow, chunk: Chunk, invalid: pl.DataFrame | None, replace: bool = True) -> int:
+        """Dead-letter (policy dlq) or remember (policy fail) a chunk's invalid rows.
+
+        Snapshot chunks `replace` their earlier dead letters (a re-read chunk
+        must not repeat them); reads of changes are never repeated by id.
+        """
         name = flow.entity.name
         if invalid is None:
-            if self.use_dlq:
+            if self.use_dlq and replace:
                 self.dead_letters.put(name, STAGE_SOURCE, chunk.id, pl.DataFrame())
             return 0
         if not self.use_dlq:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import orjson
 import polars as pl
 
+from kanal.core.connector import DELETE, OP, VERSION
 from kanal.core.validate import KEY
 
 _SEED = 0x4B414E41  # fixed, so a key maps to the same partition in every process
@@ -37,6 +38,9 @@ H_JOB = "kanal.job"
 H_SOURCE = "kanal.source"
 H_OP = "kanal.op"
 H_SCHEMA = "kanal.schema"
+H_VERSION = "kanal.version"
+H_RECORD = "kanal.record"
+"""On a delete (a tombstone: no value), the key fields as one JSON line."""
 SCHEMA_VERSION = b"1"
 
 
@@ -66,19 +70,49 @@ def partition_of(keys: pl.Series, partitions: int) -> pl.Series:
     return (keys.hash(seed=_SEED) % partitions).cast(pl.Int32)
 
 
+@dataclass(frozen=True)
+class Record:
+    """One delta record as a keyed message: `value` is None for a delete (tombstone)."""
+
+    partition: int
+    key: bytes
+    value: bytes | None
+    op: bytes
+    version: bytes
+    line: bytes
+
+
+def record_messages(frame: pl.DataFrame, partitions: int) -> list[Record]:
+    """One message per row of a change frame (with `_kanal_op`, `_kanal_version`), in frame order.
+
+    Rows become JSON lines in one polars call; Python only slices them.
+    """
+    if frame.is_empty():
+        return []
+    lines = frame.write_ndjson().encode().splitlines()
+    keys = frame.get_column(KEY).to_list()
+    parts = partition_of(frame.get_column(KEY), partitions).to_list()
+    ops = frame.get_column(OP).to_list()
+    versions = frame.get_column(VERSION).to_list()
+    return [
+        Record(p, k.encode(), None if op == DELETE else line, op.encode(), str(v).encode(), line)
+        for p, k, op, v, line in zip(parts, keys, ops, versions, lines, strict=True)
+    ]
+
+
+def decode_lines(lines: list[bytes], schema: pl.Schema) -> pl.DataFrame:
+    """Many JSON-line records (delta messages) into one typed frame, in one call."""
+    return pl.read_ndjson(io.BytesIO(b"\n".join(lines)), schema=schema)
+
+
 def encode_arrow(frame: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
     frame.write_ipc_stream(buf, compression="lz4")
     return buf.getvalue()
 
 
-def decode(value: bytes, fmt: str, schema: pl.Schema | None = None) -> pl.DataFrame:
-    """Decode a message value of either format into a frame."""
-    if fmt == "arrow":
-        return pl.read_ipc_stream(io.BytesIO(value))
-    if fmt == "json":
-        return pl.DataFrame([orjson.loads(value)], schema=schema, strict=False)
-    raise ValueError(f"unknown message format {fmt!r}")
+def decode_arrow(value: bytes) -> pl.DataFrame:
+    return pl.read_ipc_stream(io.BytesIO(value))
 
 
 def headers_of(raw: list[tuple[str, bytes]] | None) -> dict[str, str]:

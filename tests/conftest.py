@@ -27,6 +27,7 @@ KANAL = [sys.executable, "-m", "kanal"]
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg.Server]:
     server = pg.Server.start(tmp_path_factory.mktemp("pg-main"))
+    server.configure(wal_level="logical", max_replication_slots="64", max_wal_senders="64")
     yield server
     server.stop()
 

@@ -24,6 +24,14 @@ class Server:
         handle = pgserver.get_server(folder, cleanup_mode="stop")
         return cls(handle, folder)
 
+    def configure(self, **settings: str) -> None:
+        """ALTER SYSTEM each setting, then restart so that server-start settings (wal_level) apply."""
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            for name, value in settings.items():
+                conn.execute(f"alter system set {name} = '{value}'")
+        self.kill()
+        self.restart()
+
     @property
     def socket_dir(self) -> str:
         return parse_qs(urlparse(self.handle.get_uri()).query)["host"][0]

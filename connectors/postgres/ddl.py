@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from kanal.core.connector import VERSION
 from kanal.core.model import Entity, Kind
 
 BULK_MARK = "kanal:bulk-load"
@@ -44,8 +45,10 @@ class Target:
 
 
 def create_table(conn: psycopg.Connection, table: str, entity: Entity) -> None:
+    """The canonical fields plus `_kanal_version`, the source version of each row (LSN, cursor)."""
     cols = ", ".join(
-        f'"{f.name}" {_PG_TYPES[f.kind]}{" not null" if f.required else ""}' for f in entity.fields
+        [f'"{f.name}" {_PG_TYPES[f.kind]}{" not null" if f.required else ""}' for f in entity.fields]
+        + [f'"{VERSION}" bigint']
     )
     conn.execute(f"create table if not exists {table} ({cols})")
     conn.execute(f"comment on table {table} is '{BULK_MARK}'")

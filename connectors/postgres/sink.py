@@ -9,6 +9,11 @@ Two write paths, chosen by the state of the target table (see `ddl`):
 * bulk load (tables this migration created): COPY straight into the table;
   the key is built once at the end (`finish`).
 
+Deltas: each key's last row of a batch wins (rows of a key arrive in source
+order). Delete rows remove the stored row unless it holds a newer version.
+The version compared is `_kanal_version` (the source position) when the
+table has that column (tables Kanal creates do), else `version_column`.
+
 Rows travel as CSV produced by polars in one call; nested values (addresses)
 are JSON-encoded for jsonb columns.
 """
@@ -24,7 +29,7 @@ import psycopg
 from kanal.connectors.postgres import ddl
 from kanal.connectors.postgres.config import PostgresConfig, PostgresSinkOptions
 from kanal.connectors.postgres.db import connect, describe, qualified, reraise, translated
-from kanal.core.connector import EntityOptions, Sink, WriteResult
+from kanal.core.connector import DELETE, OP, VERSION, EntityOptions, Sink, WriteResult
 from kanal.core.errors import ConfigError
 from kanal.core.model import entity as canonical
 from kanal.core.validate import KEY
@@ -76,31 +81,59 @@ class PostgresSink(Sink):
 
     def write(self, entity: str, options: EntityOptions, frame: pl.DataFrame, batch_id: str) -> WriteResult:
         target = self._targets[entity]
-        version = self._version(target, options)
-        columns = [c for c in frame.columns if c in target.columns]
-        if version and target.bulk_load is False and frame.get_column(KEY).is_duplicated().any():
-            # One statement cannot update a row twice: keep each key's newest version.
-            frame = frame.sort(version, nulls_last=False).unique(subset=[KEY], keep="last", maintain_order=True)
-        data = _csv(frame.select(columns))
-        names = ", ".join(f'"{c}"' for c in columns)
+        version = self._version(target, options, frame)
+        if target.bulk_load is False and frame.get_column(KEY).is_duplicated().any():
+            # One statement cannot update a row twice: keep each key's last row.
+            if OP not in frame.columns and version:
+                frame = frame.sort(version, nulls_last=False)
+            frame = frame.unique(subset=[KEY], keep="last", maintain_order=True)
+        deletes = frame.filter(pl.col(OP) == DELETE) if OP in frame.columns else frame.clear()
+        upserts = frame.filter(pl.col(OP) != DELETE) if OP in frame.columns else frame
+        if target.bulk_load and not deletes.is_empty():
+            raise ConfigError(f"{self.system}: {target.table} is still being bulk-loaded; run the migration to the end first")
         conn = self._connection()
         try:
             with conn.cursor() as cur:
-                if target.bulk_load:
-                    with cur.copy(f"copy {target.table} ({names}) from stdin {_COPY}") as copy:
-                        copy.write(data)
-                    written = frame.height
-                else:
-                    stage = self._stage(conn, entity, target, columns)
-                    with cur.copy(f"copy {stage} ({names}) from stdin {_COPY}") as copy:
-                        copy.write(data)
-                    cur.execute(_upsert_sql(target, stage, columns, version))
-                    written = cur.rowcount
+                written = self._upsert(cur, entity, target, upserts, version) if not upserts.is_empty() else 0
+                if not deletes.is_empty():
+                    written += self._delete(cur, entity, target, deletes, version)
             conn.commit()
         except psycopg.Error as exc:
             _rollback(conn)
             reraise(self.system, exc)
         return WriteResult(written=written, skipped_older=frame.height - written)
+
+    def _upsert(self, cur: psycopg.Cursor, entity: str, target: ddl.Target, frame: pl.DataFrame, version: str | None) -> int:
+        columns = [c for c in frame.columns if c in target.columns]
+        data = _csv(frame.select(columns))
+        names = ", ".join(f'"{c}"' for c in columns)
+        if target.bulk_load:
+            with cur.copy(f"copy {target.table} ({names}) from stdin {_COPY}") as copy:
+                copy.write(data)
+            return frame.height
+        stage = self._stage(cur.connection, entity, target)
+        with cur.copy(f"copy {stage} ({names}) from stdin {_COPY}") as copy:
+            copy.write(data)
+        cur.execute(_upsert_sql(target, stage, columns, version))
+        written = cur.rowcount
+        cur.execute(f"truncate {stage}")
+        return written
+
+    def _delete(self, cur: psycopg.Cursor, entity: str, target: ddl.Target, frame: pl.DataFrame, version: str | None) -> int:
+        columns = [c for c in (*target.conflict, *([version] if version else [])) if c in frame.columns]
+        missing = [c for c in target.conflict if c not in columns]
+        if missing:
+            raise ConfigError(f"{target.table}: key columns {missing} are not in the deletes being applied")
+        stage = self._stage(cur.connection, entity, target)
+        names = ", ".join(f'"{c}"' for c in columns)
+        with cur.copy(f"copy {stage} ({names}) from stdin {_COPY}") as copy:
+            copy.write(_csv(frame.select(columns)))
+        match = " and ".join(f't."{c}" is not distinct from s."{c}"' for c in target.conflict)
+        guard = f' and (t."{version}" is null or s."{version}" >= t."{version}")' if version else ""
+        cur.execute(f"delete from {target.table} t using {stage} s where {match}{guard}")
+        deleted = cur.rowcount
+        cur.execute(f"truncate {stage}")
+        return deleted
 
     def finish(self, entity: str, options: EntityOptions) -> str | None:
         target = self._targets[entity]
@@ -115,7 +148,7 @@ class PostgresSink(Sink):
                 conn.execute(ddl.key_ddl(target.table, opts.table, model))
             except psycopg.errors.UniqueViolation:
                 conn.rollback()
-                removed = conn.execute(ddl.dedupe_sql(target.table, model.key, self._version(target, options))).rowcount
+                removed = conn.execute(ddl.dedupe_sql(target.table, model.key, self._configured_version(target, options))).rowcount
                 conn.execute(ddl.key_ddl(target.table, opts.table, model))
             conn.execute(f"comment on table {target.table} is null")
             conn.commit()
@@ -128,20 +161,25 @@ class PostgresSink(Sink):
             self._conn.close()
             self._conn = None
 
-    def _stage(self, conn: psycopg.Connection, entity: str, target: ddl.Target, columns: list[str]) -> str:
+    def _stage(self, conn: psycopg.Connection, entity: str, target: ddl.Target) -> str:
+        """A temporary table shaped like the target (every column), emptied after each use."""
         stage = f'"_kanal_stage_{entity}"'
         if entity not in self._staged:
-            names = ", ".join(f'"{c}"' for c in columns)
             conn.execute(f"drop table if exists {stage}")
-            conn.execute(
-                f"create temp table {stage} on commit delete rows as select {names} from {target.table} with no data"
-            )
+            conn.execute(f"create temp table {stage} on commit delete rows as select * from {target.table} with no data")
             conn.commit()
             self._staged.add(entity)
         return stage
 
     @staticmethod
-    def _version(target: ddl.Target, options: EntityOptions) -> str | None:
+    def _version(target: ddl.Target, options: EntityOptions, frame: pl.DataFrame) -> str | None:
+        """`_kanal_version` when both the batch and the table have it, else the configured column."""
+        if VERSION in target.columns and VERSION in frame.columns:
+            return VERSION
+        return PostgresSink._configured_version(target, options)
+
+    @staticmethod
+    def _configured_version(target: ddl.Target, options: EntityOptions) -> str | None:
         column = PostgresSink._opts(options).version_column
         return column if column and column in target.columns else None
 

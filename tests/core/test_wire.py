@@ -1,6 +1,7 @@
 import polars as pl
 
 from kanal.core import wire
+from kanal.core.connector import OP, VERSION
 from kanal.core.validate import KEY
 
 
@@ -32,12 +33,25 @@ def test_partition_of_matches_bulk_split() -> None:
 
 def test_arrow_round_trip_keeps_types() -> None:
     frame = pl.DataFrame({"a": ["x", None], "t": pl.Series([1, 2]).cast(pl.Datetime("us", "UTC"))})
-    assert wire.decode(wire.encode_arrow(frame), "arrow").equals(frame)
+    assert wire.decode_arrow(wire.encode_arrow(frame)).equals(frame)
 
 
-def test_json_record_decodes_with_schema() -> None:
-    frame = wire.decode(b'{"sku": "A", "amount": "1.50"}', "json", pl.Schema({"sku": pl.String, "amount": pl.String}))
-    assert frame.to_dicts() == [{"sku": "A", "amount": "1.50"}]
+def test_json_records_decode_with_schema() -> None:
+    lines = [b'{"sku": "A", "amount": "1.50"}', b'{"sku": "B"}']
+    frame = wire.decode_lines(lines, pl.Schema({"sku": pl.String, "amount": pl.String}))
+    assert frame.to_dicts() == [{"sku": "A", "amount": "1.50"}, {"sku": "B", "amount": None}]
+
+
+def test_record_messages_round_trip_with_tombstones() -> None:
+    frame = _frame(5).with_columns(
+        pl.Series(OP, ["upsert", "delete", "upsert", "upsert", "delete"]), pl.Series(VERSION, [1, 2, 3, 4, 5])
+    )
+    records = wire.record_messages(frame, 4)
+    assert [r.value is None for r in records] == [False, True, False, False, True]
+    assert [r.key.decode() for r in records] == frame[KEY].to_list()
+    assert [r.partition for r in records] == wire.partition_of(frame[KEY], 4).to_list()
+    decoded = wire.decode_lines([r.line for r in records], frame.schema)
+    assert decoded.equals(frame)
 
 
 def test_empty_frame_has_no_parts() -> None:
