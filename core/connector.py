@@ -198,9 +198,6 @@ class DeltaReader(ABC):
     def confirm(self, position: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Everything up to `position` is delivered: let the source release it (WAL)."""
 
-    def idle(self) -> None:  # noqa: B027 - optional hook
-        """Nothing is in flight: a chance to advance past quiet stretches (heartbeat)."""
-
     def status(self) -> dict[str, str]:
         """Source-side figures for `kanal status` (e.g. retained WAL)."""
         return {}

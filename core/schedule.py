@@ -1,13 +1,9 @@
 """When scheduled syncs fire: fixed intervals, cron expressions, or continuously.
 
-Time comes from a `Clock`, never from `datetime.now()` or `time.sleep()`
-directly, so the scheduler can be tested with a fake clock that jumps instead
-of waiting, and so a stop request wakes a sleeping scheduler at once instead
-of after the current interval.
-
-All times are timezone-aware UTC. Cron is evaluated in UTC on purpose: local
-time has daylight-saving gaps and repeats, where "02:30 every day" would
-silently fire zero or two times.
+Time comes from a `Clock`, so tests use a fake clock that jumps instead of
+waiting, and a stop request wakes a sleeping scheduler at once. All times are
+UTC, cron included: local time has daylight-saving gaps and repeats, where
+"30 2 * * *" would silently fire zero or two times a day.
 """
 
 from __future__ import annotations
@@ -102,11 +98,7 @@ class Every(Schedule):
 
 @dataclass(frozen=True)
 class Cron(Schedule):
-    """A standard 5-field cron expression in UTC; build it with `parse_cron`.
-
-    Each field holds its allowed values in ascending order. Day-of-week uses
-    0 for Sunday (7 is folded into 0 when parsing).
-    """
+    """A 5-field cron expression in UTC, built by `parse_cron`: each field's allowed values, ascending (Sunday is 0)."""
 
     expression: str
     minutes: tuple[int, ...]
@@ -148,11 +140,7 @@ class Cron(Schedule):
 
 
 class Continuous(Schedule):
-    """Fire again as soon as the previous run ends (streaming).
-
-    `next_after` returns `moment` itself, deliberately breaking the
-    strictly-after rule: there is nothing to wait for.
-    """
+    """Fire again as soon as the previous run ends (streaming), so `next_after` is not strictly after."""
 
     def next_after(self, moment: datetime) -> datetime:
         return moment

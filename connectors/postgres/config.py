@@ -14,6 +14,14 @@ class PostgresConfig(FrozenModel):
     dsn: SecretStr = Field(description="libpq connection string or URI; use ${ENV_VAR}, never a literal password")
     connect_timeout_s: int = Field(10, ge=1, le=600, description="seconds to wait for a connection")
     application_name: str = Field("kanal", description="shown in pg_stat_activity")
+    slot: str | None = Field(
+        None, pattern=r"^[a-z0-9_]{1,63}$", description="CDC: replication slot name (default kanal_<job>)"
+    )
+    publication: str | None = Field(None, pattern=_IDENT, description="CDC: publication name (default kanal_<job>)")
+    heartbeat_s: float = Field(
+        10.0, gt=0, le=3600, description="CDC: when watched tables are quiet, advance the slot this often"
+    )
+    delta_rows: int = Field(20_000, ge=100, le=1_000_000, description="changes per read (bounds memory)")
 
     @field_validator("dsn")
     @classmethod

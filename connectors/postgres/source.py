@@ -22,11 +22,13 @@ import psycopg
 
 from kanal.connectors.postgres.config import PostgresConfig, PostgresSourceOptions
 from kanal.connectors.postgres.db import connect, describe, qualified, translated
-from kanal.core.connector import Chunk, DeltaKind, EntityInfo, EntityOptions, Source
+from kanal.connectors.postgres.cdc import CdcReader
+from kanal.connectors.postgres.rows import read_rows
+from kanal.connectors.postgres.cursor import CursorReader
+from kanal.core.connector import Chunk, DeltaContext, DeltaKind, DeltaReader, EntityInfo, EntityOptions, Source
 from kanal.core.errors import ConfigError
 from kanal.core.model import ENTITIES
 
-_TEMPORAL = ("timestamp with time zone", "timestamp without time zone", "date")
 _MAX_FRAME_ROWS = 200_000
 
 
@@ -94,53 +96,44 @@ class PostgresSource(Source):
 
     def snapshot(self, entity: str, options: EntityOptions, chunk: Chunk) -> Iterator[pl.DataFrame]:
         opts = self._opts(options)
-        columns = self._columns(opts)
-        # 'infinity' (an open-ended valid_to) has no epoch: it becomes NULL, "no end".
-        select = ", ".join(
-            f'case when isfinite("{name}") then (extract(epoch from "{name}") * 1000000)::int8 end'
-            if dtype in _TEMPORAL
-            else f'"{name}"'
-            for name, dtype in columns
-        )
         conditions = [f"ctid >= '({int(chunk.spec['from'])},0)'::tid"]
         if chunk.spec.get("to") is not None:
             conditions.append(f"ctid < '({int(chunk.spec['to'])},0)'::tid")
         if opts.where:
             conditions.append(f"({opts.where})")
-        sql = (
-            f"COPY (select {select} from {qualified(opts.schema_name, opts.table)} where {' and '.join(conditions)}) "
-            "TO STDOUT (FORMAT csv, NULL '\\N')"
-        )
-        names = [name for name, _ in columns]
-        temporal = [name for name, dtype in columns if dtype in _TEMPORAL]
-        buf = io.BytesIO()
         where = f"{self.system} ({opts.schema_name}.{opts.table}, chunk {chunk.id})"
-        with translated(where), self._connection().cursor().copy(sql) as copy:
-            for data in copy:
-                buf.write(data)
-        if buf.tell() == 0:
-            return
-        frame = pl.read_csv(
-            buf.getvalue(),
-            has_header=False,
-            new_columns=names,
-            infer_schema=False,
-            null_values="\\N",
-            schema_overrides={n: pl.Int64 for n in temporal},
-        )
-        if temporal:
-            frame = frame.with_columns(
-                [pl.col(n).cast(pl.Datetime("us")).dt.replace_time_zone("UTC") for n in temporal]
-            )
+        frame = read_rows(self._connection(), where, opts, self._columns(opts), " and ".join(conditions))
         for offset in range(0, frame.height, _MAX_FRAME_ROWS):
             yield frame.slice(offset, _MAX_FRAME_ROWS)
+
+    def delta(self, context: DeltaContext) -> DeltaReader:
+        kinds = {type(o.delta).__name__ if not isinstance(o.delta, str) else o.delta for o in context.entities.values()}
+        if kinds == {"cdc"}:
+            return CdcReader(self.config, self.system, context)
+        if kinds == {"CursorDelta"}:
+            return CursorReader(self, context)
+        raise ConfigError(
+            f"{self.system}: the postgres source reads either delta: cdc or delta: {{cursor: ...}} for all "
+            f"entities of a job, not a mix ({', '.join(sorted(kinds))})"
+        )
+
+    def cleanup(self, context: DeltaContext) -> list[str]:
+        reader = CdcReader(self.config, self.system, context)
+        try:
+            return reader.cleanup()
+        finally:
+            reader.close()
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
+    def columns(self, opts: PostgresSourceOptions) -> list[tuple[str, str]]:
+        return self._columns(opts)
+
     @staticmethod
     def _opts(options: EntityOptions) -> PostgresSourceOptions:
         assert isinstance(options, PostgresSourceOptions)
         return options
+

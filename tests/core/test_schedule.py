@@ -5,7 +5,7 @@ from itertools import islice
 
 import pytest
 
-from kanal.core.schedule import Continuous, Cron, Every, SystemClock, fire_times, parse_cron, parse_every
+from kanal.core.schedule import Continuous, Every, SystemClock, fire_times, parse_cron, parse_every
 
 
 class FakeClock:
