@@ -11,7 +11,11 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -23,8 +27,12 @@ from kanal.core.errors import ConfigError, KanalError
 from kanal.jobs import check as check_job
 from kanal.jobs import dlq as dlq_job
 from kanal.jobs import status as status_job
+from kanal.jobs import worker as worker_job
+from kanal.jobs.cleanup import cleanup as cleanup_job
 from kanal.jobs.load import LoadedJob, load_job
 from kanal.jobs.migrate import MigrationReport, migrate as run_migration
+from kanal.jobs.model import parse_schedule
+from kanal.jobs.stream import StreamReport, sync as run_sync
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -77,6 +85,25 @@ def main(ctx: click.Context, verbose: bool) -> None:
 def _interrupt(signum: int, frame: object) -> None:
     """SIGTERM stops a run like Ctrl-C: in-flight work is abandoned, nothing is lost."""
     raise KeyboardInterrupt
+
+
+@contextmanager
+def _graceful() -> Iterator[threading.Event]:
+    """SIGTERM/SIGINT ask a long run to finish in-flight work and exit 0; a second one aborts."""
+    stop = threading.Event()
+
+    def ask(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        err.print("stopping: finishing in-flight changes (signal again to abort)")
+        stop.set()
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @main.command()
@@ -149,21 +176,110 @@ def _print_report(report: MigrationReport, job: str) -> None:
 
 @main.command()
 @JOB
+@click.option("--once", is_flag=True, help="Read the changes there are now, deliver them, exit.")
+@click.option("--every", metavar="DURATION", help="Sync every DURATION (30s, 5m, 1h).")
+@click.option("--cron", metavar="EXPR", help='Sync at the times of a 5-field cron expression, e.g. "*/5 * * * *" (UTC).')
+@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.pass_context
+@handled
+def sync(ctx: click.Context, job: str, once: bool, every: str | None, cron: str | None, quiet: bool) -> None:
+    """Stream the deltas of JOB into every sink (continuously unless --once/--every/--cron).
+
+    SIGTERM or Ctrl-C finish in-flight changes and exit 0; after a crash the
+    same command resumes from the last delivered change.
+    """
+    if sum(bool(x) for x in (once, every, cron)) > 1:
+        raise click.UsageError("use one of --once, --every, --cron")
+    try:
+        schedule = parse_schedule(f"every {every}" if every else cron) if (every or cron) else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--every" if every else "--cron") from None
+    with _graceful() as stop:
+        report = run_sync(_load(job), schedule=schedule, once=once, stop=stop, console=err, quiet=quiet,
+                          verbose=ctx.obj["verbose"])
+    _print_stream(report, job)
+
+
+@main.command()
+@JOB
+@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.pass_context
+@handled
+def run(ctx: click.Context, job: str, quiet: bool) -> None:
+    """Migrate JOB, then keep streaming its deltas, without a gap between the two.
+
+    The delta position is taken before the snapshot starts, so writes made
+    during the migration arrive through the stream.
+    """
+    loaded = _load(job)
+    with _graceful() as stop:
+        report = run_sync(loaded, schedule=parse_schedule(loaded.job.schedule), migrate_first=True, stop=stop,
+                          console=err, quiet=quiet, verbose=ctx.obj["verbose"])
+    _print_stream(report, job)
+
+
+def _print_stream(report: StreamReport, job: str) -> None:
+    if report.migrated is not None:
+        _print_report(report.migrated, job)
+    out.print(f"sync {report.job} ({report.schedule}): {report.changes:,} changes in {report.reads:,} reads, "
+              f"{report.seconds:.1f}s; position {json.dumps(report.position) if report.position else 'unchanged'}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+@handled
+def worker(folder: str) -> None:
+    """Run every job file in FOLDER in one process, each on its `schedule:`.
+
+    Each job migrates once, then syncs its deltas. SIGTERM stops all jobs
+    gracefully.
+    """
+    def started(outcomes: list[worker_job.JobOutcome]) -> None:
+        for o in outcomes:
+            err.print(f"worker: job {o.job} started ({o.schedule})")
+
+    with _graceful() as stop:
+        outcomes = worker_job.work(Path(folder), stop, started)
+    failed = [o for o in outcomes if o.error]
+    for o in failed:
+        err.print(f"[red]error:[/] job {o.job}: {o.error}", highlight=False)
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@JOB
+@handled
+def cleanup(job: str) -> None:
+    """Drop the replication slot and publication of JOB and forget its stream position."""
+    for line in cleanup_job(_load(job)):
+        out.print(line)
+
+
+@main.command()
+@JOB
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entity.")
 @handled
 def status(job: str, as_json: bool) -> None:
-    """Checkpoints and dead letters per entity."""
+    """Checkpoints, stream position, slot WAL, consumer lag and dead letters per entity."""
     st = status_job.status(_load(job))
     if as_json:
         for e in st.entities:
-            click.echo(json.dumps({"job": st.job, "migration": st.migration, **e.__dict__}))
+            click.echo(json.dumps({"job": st.job, "migration": st.migration, **e.__dict__, "stream": st.stream}))
         return
     table = Table(title=f"{st.job}: migration {st.migration}", title_justify="left")
-    for col in ("entity", "chunks done", "rows delivered", "dead letters"):
+    for col in ("entity", "chunks done", "rows delivered", "changes delivered", "last write", "consumer lag", "dead letters"):
         table.add_column(col, justify="left" if col == "entity" else "right")
     for e in st.entities:
-        table.add_row(e.entity, f"{e.chunks_done}/{e.chunks}", f"{e.rows_delivered:,}", f"{e.dead_letters:,}")
+        last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_write)) if e.last_write else "-"
+        lag = ", ".join(f"{s} {n:,}" for s, n in e.lag.items()) or "-"
+        table.add_row(e.entity, f"{e.chunks_done}/{e.chunks}", f"{e.rows_delivered:,}", f"{e.changes_delivered:,}",
+                      last, lag, f"{e.dead_letters:,}")
     out.print(table)
+    for name, value in st.stream.items():
+        if name == "confirmed_at" and value:
+            value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        out.print(f"{name.replace('_', ' ')}: {json.dumps(value) if isinstance(value, dict) else value}", highlight=False)
 
 
 @main.group()

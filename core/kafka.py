@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -145,6 +145,19 @@ class KafkaConnection:
     def partitions_of(self, topic: str) -> int:
         md = AdminClient(self.config()).list_topics(topic, timeout=10)
         return len(md.topics[topic].partitions)
+
+    def lag(self, group: str, topic: str) -> int:
+        """Messages of `topic` the consumer group has not committed yet (all partitions)."""
+        consumer = self.consumer(group)
+        try:
+            parts = [TopicPartition(topic, p) for p in range(self.partitions_of(topic))]
+            total = 0
+            for tp in consumer.committed(parts, timeout=10):
+                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                total += high - (tp.offset if tp.offset >= 0 else low)
+            return total
+        finally:
+            consumer.close()
 
     def consumer(self, group: str, **overrides: Any) -> Consumer:
         conf = self.config(

@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from kanal.core.connector import Chunk, Sink, Source
-from kanal.core.deliver import SinkDelivery, SinkFlow, first_error
+from kanal.core.deliver import SinkDelivery, first_error
 from kanal.core.errors import JobFailed
 from kanal.core.kafka import BoundedProducer, KafkaConnection, quiet_rdkafka
 from kanal.core.model import entity as canonical
@@ -37,7 +37,14 @@ from kanal.core.retry import call_with_retry
 from kanal.core.state import StateStore
 from kanal.jobs.load import LoadedJob
 from kanal.jobs.model import ErrorPolicy
-from kanal.jobs.runtime import dead_letter_store, make_sink, make_source, sink_transform, source_transform
+from kanal.jobs.runtime import (
+    build_deliveries,
+    dead_letter_store,
+    make_sink,
+    make_source,
+    snapshot_version,
+    source_transform,
+)
 
 MIGRATION = "migration"
 log = logging.getLogger("kanal.migrate")
@@ -83,16 +90,21 @@ def migrate(loaded: LoadedJob, *, console: Console | None = None, quiet: bool = 
     state = StateStore(loaded.state_dir).acquire()
     try:
         with quiet_rdkafka(verbose), KafkaConnection(job.kafka) as kafka:
-            return _run(loaded, kafka, state, console, quiet)
+            return run_with(loaded, kafka, state, console, quiet)
     finally:
         state.release()
 
 
 def _connect_all(loaded: LoadedJob) -> tuple[Source, dict[str, list[Sink]]]:
     """Reach every system and prepare targets before anything moves."""
-    retry = loaded.job.errors.retry
     source = make_source(loaded)
-    call_with_retry(source.check, retry)
+    call_with_retry(source.check, loaded.job.errors.retry)
+    return source, connect_sinks(loaded)
+
+
+def connect_sinks(loaded: LoadedJob) -> dict[str, list[Sink]]:
+    """One instance per writer of every sink, checked and with its targets prepared."""
+    retry = loaded.job.errors.retry
     sinks: dict[str, list[Sink]] = {}
     for plan in loaded.sinks:
         instances = [make_sink(plan) for _ in range(loaded.job.batch.sink_writers)]
@@ -101,11 +113,12 @@ def _connect_all(loaded: LoadedJob) -> tuple[Source, dict[str, list[Sink]]]:
             for entity, ep in plan.entities.items():
                 call_with_retry(lambda s=sink, e=entity, o=ep.options: s.prepare(e, o), retry)
         sinks[plan.name] = instances
-    return source, sinks
+    return sinks
 
 
-def _run(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: Console | None, quiet: bool) -> MigrationReport:
+def run_with(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: Console | None, quiet: bool) -> MigrationReport:
     job = loaded.job
+    """Migrate on an open broker connection and state (also the first step of `kanal run`)."""
     started = time.monotonic()
     source, sinks = _connect_all(loaded)
     log.debug("systems reached and targets prepared")
@@ -158,34 +171,12 @@ def _run(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: 
         attempt=attempt,
         metrics=metrics,
     )
-    deliveries = []
-    for plan in loaded.sinks:
-        flows = {
-            e: SinkFlow(canonical(e), ep.options, sink_transform(ep)) for e, ep in plan.entities.items()
-        }
-        deliveries.append(
-            SinkDelivery(
-                name=plan.name,
-                job=job.name,
-                connection=kafka,
-                instances=sinks[plan.name],
-                flows=flows,
-                topics={topics[e]: e for e in flows},
-                receipts=receipts,
-                dead_letters=dead_letters,
-                dlq_producer=producer,
-                dlq_topic=dlq_topic,
-                use_dlq=use_dlq,
-                retry=job.errors.retry,
-                batch_rows=job.batch.sink_rows,
-                stable_batches=plan.connector.capabilities.stable_batches,
-                attempt=attempt,
-                metrics=metrics,
-                partitions={topics[e]: partitions[e] for e in flows} if job.kafka.embedded else None,
-            )
-        )
+    deliveries = build_deliveries(
+        loaded, kafka, sinks, receipts=receipts, dead_letters=dead_letters, producer=producer,
+        topics=topics, partitions=partitions, attempt=attempt, metrics=metrics,
+    )
     flows = {
-        e: SourceFlow(canonical(e), ep.options, source_transform(ep), topics[e], partitions[e])
+        e: SourceFlow(canonical(e), ep.options, source_transform(ep), topics[e], partitions[e], snapshot_version(ep.options))
         for e, ep in loaded.source_entities.items()
     }
     report = MigrationReport(job.name, 0.0, len(done), metrics)

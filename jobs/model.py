@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from kanal.core.kafka import KafkaSettings
 from kanal.core.model import ENTITIES
 from kanal.core.retry import RetryPolicy
+from kanal.core.schedule import Continuous, Schedule, parse_cron, parse_every
 
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -79,6 +80,16 @@ class Job(Strict):
     errors: ErrorsSpec = Field(default_factory=ErrorsSpec)
     batch: BatchSpec = Field(default_factory=BatchSpec)
     state_dir: str | None = Field(None, description="where checkpoints live (default: .kanal/ beside the job file)")
+    schedule: str = Field(
+        "continuous",
+        description="when `kanal worker` syncs deltas: continuous, 'every 5m', or a cron expression '*/5 * * * *'",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
 
     @model_validator(mode="after")
     def _sinks_consistent(self) -> Job:
@@ -90,3 +101,13 @@ class Job(Strict):
                 if entity not in self.source.entities:
                     raise ValueError(f"sinks[{i}] ({sink.name}) wants {entity!r}, which the source does not provide")
         return self
+
+
+def parse_schedule(text: str) -> Schedule:
+    """`continuous`, `every <duration>` or a 5-field cron expression; ValueError says what is wrong."""
+    text = text.strip()
+    if text == "continuous":
+        return Continuous()
+    if text.startswith("every "):
+        return parse_every(text.removeprefix("every "))
+    return parse_cron(text)

@@ -6,8 +6,14 @@ from pathlib import Path
 
 import polars as pl
 
-from kanal.core.connector import Sink, Source, Transform
+from kanal.core.connector import CursorDelta, EntityOptions, Sink, Source, Transform
+from kanal.core.deliver import SinkDelivery, SinkFlow
 from kanal.core.dlq import DeadLetterStore
+from kanal.core.kafka import BoundedProducer, KafkaConnection
+from kanal.core.model import entity as canonical
+from kanal.core.progress import Metrics
+from kanal.core.receipts import Receipts
+from kanal.jobs.model import ErrorPolicy
 from kanal.core.validate import KEY
 from kanal.jobs.load import EntityPlan, LoadedJob, SinkPlan
 from kanal.mappings import load_mapping
@@ -51,3 +57,65 @@ def dead_letter_store(loaded: LoadedJob) -> DeadLetterStore:
 
 def report_dir(loaded: LoadedJob) -> Path:
     return loaded.state_dir
+
+
+def snapshot_version(options: EntityOptions) -> pl.Expr | None:
+    """The version snapshot rows carry, so that deltas after them compare correctly.
+
+    CDC: 0, older than every change (whose version is its LSN), so any change
+    streamed after the snapshot wins. Cursor: the cursor itself, the same
+    version the deltas will carry. No delta: none.
+    """
+    if isinstance(options.delta, CursorDelta):
+        return pl.col(options.delta.cursor).dt.epoch("us")
+    if options.delta == "cdc":
+        return pl.lit(0, pl.Int64)
+    return None
+
+
+def build_deliveries(
+    loaded: LoadedJob,
+    kafka: KafkaConnection,
+    sinks: dict[str, list[Sink]],
+    *,
+    receipts: Receipts,
+    dead_letters: DeadLetterStore,
+    producer: BoundedProducer,
+    topics: dict[str, str],
+    partitions: dict[str, int],
+    attempt: str,
+    metrics: Metrics,
+) -> list[SinkDelivery]:
+    """One delivery (consumer + writers) per sink of the job.
+
+    With the embedded broker no other process can share the work, so
+    partitions are assigned directly (no group join); with a real broker the
+    consumers join the sink's group and Kafka spreads partitions over every
+    process running the job.
+    """
+    job = loaded.job
+    deliveries = []
+    for plan in loaded.sinks:
+        flows = {e: SinkFlow(canonical(e), ep.options, sink_transform(ep)) for e, ep in plan.entities.items()}
+        deliveries.append(
+            SinkDelivery(
+                name=plan.name,
+                job=job.name,
+                connection=kafka,
+                instances=sinks[plan.name],
+                flows=flows,
+                topics={topics[e]: e for e in flows},
+                receipts=receipts,
+                dead_letters=dead_letters,
+                dlq_producer=producer,
+                dlq_topic=job.kafka.dlq_topic(job.name),
+                use_dlq=job.errors.policy == ErrorPolicy.DLQ,
+                retry=job.errors.retry,
+                batch_rows=job.batch.sink_rows,
+                stable_batches=plan.connector.capabilities.stable_batches,
+                attempt=attempt,
+                metrics=metrics,
+                partitions={topics[e]: partitions[e] for e in flows} if job.kafka.embedded else None,
+            )
+        )
+    return deliveries

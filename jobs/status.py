@@ -1,13 +1,22 @@
-"""`kanal status`: what the state store knows about a job, per entity."""
+"""`kanal status`: what the state store knows about a job, per entity, plus live figures.
+
+Live figures are best-effort: the source's delta status (a CDC slot's
+confirmed position and retained WAL) and, with a real broker, each sink's
+consumer lag. A system that cannot be reached is reported, not fatal.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from kanal.core.errors import KanalError
+from kanal.core.kafka import KafkaConnection
 from kanal.core.state import StateStore
 from kanal.jobs.load import LoadedJob
 from kanal.jobs.migrate import MIGRATION
-from kanal.jobs.runtime import dead_letter_store
+from kanal.jobs.runtime import dead_letter_store, make_source
+from kanal.jobs.stream import STREAM, delta_context
 
 
 @dataclass(frozen=True)
@@ -17,6 +26,9 @@ class EntityStatus:
     chunks_done: int
     rows_delivered: int
     dead_letters: int
+    changes_delivered: int = 0
+    last_write: float | None = None
+    lag: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -24,17 +36,61 @@ class JobStatus:
     job: str
     migration: str  # never run | running | done
     entities: list[EntityStatus]
+    stream: dict[str, Any] = field(default_factory=dict)
 
 
-def status(loaded: LoadedJob) -> JobStatus:
-    doc = StateStore(loaded.state_dir).get(MIGRATION)
+def status(loaded: LoadedJob, live: bool = True) -> JobStatus:
+    state = StateStore(loaded.state_dir)
+    doc = state.get(MIGRATION) or {"entities": {}}
+    stream = state.get(STREAM) or {}
     dlq = dead_letter_store(loaded)
-    if not doc:
-        return JobStatus(loaded.name, "never run", [EntityStatus(e, 0, 0, 0, dlq.count(e)) for e in loaded.source_entities])
+    lags = _lags(loaded) if live else {}
     entities = []
-    for name, e in doc["entities"].items():
+    for name in loaded.source_entities:
+        e = doc["entities"].get(name, {"chunks": []})
         done = e.get("done", {})
+        delta = stream.get("entities", {}).get(name, {})
         entities.append(
-            EntityStatus(name, len(e["chunks"]), len(done), sum(v.get("rows", 0) for v in done.values()), dlq.count(name))
+            EntityStatus(
+                name, len(e["chunks"]), len(done), sum(v.get("rows", 0) for v in done.values()), dlq.count(name),
+                delta.get("changes", 0), delta.get("last_write"), lags.get(name, {}),
+            )
         )
-    return JobStatus(loaded.name, doc.get("status", "unknown"), entities)
+    summary: dict[str, Any] = {}
+    if stream:
+        summary["position"] = stream.get("position")
+        summary["confirmed_at"] = stream.get("confirmed_at")
+    if live and any(p.options.delta is not None for p in loaded.source_entities.values()):
+        summary.update(_source_status(loaded))
+    return JobStatus(loaded.name, doc.get("status", "never run"), entities, summary)
+
+
+def _source_status(loaded: LoadedJob) -> dict[str, str]:
+    source = make_source(loaded)
+    try:
+        reader = source.delta(delta_context(loaded))
+        try:
+            return reader.status()
+        finally:
+            reader.close()
+    except KanalError as exc:
+        return {"source": f"unreachable: {exc.message}"}
+    finally:
+        source.close()
+
+
+def _lags(loaded: LoadedJob) -> dict[str, dict[str, int]]:
+    """entity -> sink -> records not yet consumed (real brokers only: the embedded one lives inside a run)."""
+    kafka_settings = loaded.job.kafka
+    if kafka_settings.embedded:
+        return {}
+    lags: dict[str, dict[str, int]] = {}
+    try:
+        with KafkaConnection(kafka_settings) as kafka:
+            for plan in loaded.sinks:
+                group = f"{kafka_settings.topic_prefix}.{loaded.name}.{plan.name}"
+                for entity in plan.entities:
+                    lags.setdefault(entity, {})[plan.name] = kafka.lag(group, kafka_settings.topic(entity))
+    except KanalError:
+        return {}
+    return lags

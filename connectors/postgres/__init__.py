@@ -1,4 +1,4 @@
-"""PostgreSQL connector: parallel COPY snapshot source, bulk idempotent upsert sink."""
+"""PostgreSQL connector: parallel COPY snapshot and CDC/cursor delta source; bulk idempotent upsert/delete sink."""
 
 from kanal.connectors.postgres.config import PostgresConfig, PostgresSinkOptions, PostgresSourceOptions
 from kanal.connectors.postgres.sink import PostgresSink
@@ -12,8 +12,8 @@ CONNECTOR = ConnectorSpec(
     config=PostgresConfig,
     capabilities=Capabilities(
         entities=tuple(ENTITIES),
-        supports_deletes=False,
-        delta=(DeltaKind.NONE,),
+        supports_deletes=True,
+        delta=(DeltaKind.NONE, DeltaKind.CDC, DeltaKind.CURSOR),
         parallel_snapshot=True,
     ),
     source=PostgresSource,

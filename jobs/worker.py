@@ -1,0 +1,73 @@
+"""`kanal worker DIR`: every job file of a folder in one process, each on its schedule.
+
+Each job runs as `kanal run` would (migrate once, then deltas on the job's
+`schedule:`), in its own thread with its own connections; a stop (SIGTERM)
+reaches all of them, and each finishes its in-flight work. One job failing
+does not stop the others; it is reported when the worker ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kanal.core.errors import ConfigError, KanalError
+from kanal.jobs.load import LoadedJob, load_job
+from kanal.jobs.model import parse_schedule
+from kanal.jobs.stream import sync
+
+log = logging.getLogger("kanal.worker")
+
+
+@dataclass
+class JobOutcome:
+    job: str
+    schedule: str
+    error: str | None = None
+
+
+def load_folder(folder: Path) -> list[LoadedJob]:
+    """Every *.yaml / *.yml job in `folder`; all problems of all files at once."""
+    paths = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    if not paths:
+        raise ConfigError(f"{folder}: no job files (*.yaml) in this folder")
+    loaded, problems = [], []
+    for path in paths:
+        try:
+            loaded.append(load_job(path))
+        except ConfigError as exc:
+            problems.append(exc.message)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    names = [j.name for j in loaded]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{folder}: job name(s) used twice: {', '.join(duplicates)}")
+    return loaded
+
+
+def work(folder: Path, stop: threading.Event, on_start: Callable[[list[JobOutcome]], None] | None = None) -> list[JobOutcome]:
+    jobs = load_folder(folder)
+    outcomes = [JobOutcome(j.name, j.job.schedule) for j in jobs]
+
+    def run(job: LoadedJob, outcome: JobOutcome) -> None:
+        try:
+            sync(job, schedule=parse_schedule(job.job.schedule), migrate_first=True, stop=stop, quiet=True)
+        except KanalError as exc:
+            outcome.error = exc.message
+            log.error("job %s failed: %s", job.name, exc.message)
+        except Exception as exc:  # noqa: BLE001 - one job's bug must not end the others
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            log.exception("job %s failed", job.name)
+
+    threads = [threading.Thread(target=run, args=(j, o), name=f"kanal-job-{j.name}") for j, o in zip(jobs, outcomes, strict=True)]
+    for t in threads:
+        t.start()
+    if on_start is not None:
+        on_start(outcomes)
+    for t in threads:
+        t.join()
+    return outcomes
