@@ -30,12 +30,6 @@ class Confirmations:
             if read is not None:
                 read[1].discard(entity)
 
-    def delivered_all(self, seq: int) -> None:
-        with self._lock:
-            read = self._reads.get(seq)
-            if read is not None:
-                read[1].clear()
-
     def confirmable(self) -> dict[str, Any] | None:
         """Pop the delivered prefix; the position at its end, or None when nothing new."""
         position = None

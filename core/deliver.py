@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 import polars as pl
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kanal.core import wire
 from kanal.core.changes import keeping_engine_columns
@@ -45,6 +45,12 @@ from kanal.core.retry import RetryPolicy, call_with_retry
 from kanal.core.validate import KEY
 
 log = logging.getLogger("kanal.deliver")
+_LOST_ASSIGNMENT = (
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError._ASSIGNMENT_LOST,
+)
 _LINGER_S = 0.05
 """A batch is written when full, when nothing more arrives, or after this long:
 deltas arrive steadily, and waiting for a full batch would delay them."""
@@ -284,9 +290,16 @@ class SinkDelivery:
         for batch in batches:
             for m in batch.metas:
                 offsets[(m.topic, m.partition)] = max(offsets.get((m.topic, m.partition), -1), m.offset + 1)
-        consumer.commit(
-            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
-        )
+        try:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if code not in _LOST_ASSIGNMENT:
+                raise
+            # Another worker of the job took these partitions over; it re-delivers from the
+            # last committed offset, and the sink's version check makes the repeat harmless.
+            log.info("%s: offsets not committed, partitions were reassigned (%s)", self.name, exc)
+            return
         for batch in batches:
             for m in batch.metas:
                 if m.chunk is not None and m.part is not None and m.attempt == self.attempt:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
@@ -28,7 +29,7 @@ from kanal.core.errors import BrokerUnavailable
 from kanal.core.kafka import BoundedProducer
 from kanal.core.model import Entity
 from kanal.core.progress import Metrics
-from kanal.core.receipts import Receipts
+from kanal.core.receipts import BROKER, Receipts
 from kanal.core.validate import KEY, REASON
 
 log = logging.getLogger("kanal.publish")
@@ -122,14 +123,8 @@ class Publisher:
             (wire.H_SCHEMA, wire.SCHEMA_VERSION),
         ]
 
-        def acked(err: KafkaError | None) -> None:
-            if err is None:
-                self.metrics.add(name, "published", 1)
-            else:
-                with self._lock:
-                    self.send_errors.append(f"{name} changes {read_id}: {err.str()}")
-
         for index, record in enumerate(records):
+            acked = self._on_ack(name, read_id, index, 1)
             headers = [*common, (wire.H_PART, str(index).encode()), (wire.H_OP, record.op), (wire.H_VERSION, record.version)]
             if record.value is None:
                 headers.append((wire.H_RECORD, record.line))
@@ -178,17 +173,24 @@ class Publisher:
             (wire.H_SCHEMA, wire.SCHEMA_VERSION),
         ]
 
-        def acked(err: KafkaError | None) -> None:
-            if err is None:
-                self.metrics.add(name, "published", rows)
-            else:
-                with self._lock:
-                    self.send_errors.append(f"{name} chunk {chunk.id}: {err.str()}")
-
+        acked = self._on_ack(name, chunk.id, part.index, rows)
         key = f"bulk:{chunk.id}:{part.index}".encode()  # compacted topics need a key
         self.producer.send(
             flow.topic, wire.encode_arrow(part.frame), key=key, partition=part.partition, headers=headers, on_ack=acked
         )
+
+    def _on_ack(self, entity: str, chunk: str, part: int, rows: int) -> Callable[[KafkaError | None], None]:
+        """The delivery report of one message: counts it, tells the receipts (durable brokers), or keeps the error."""
+
+        def acked(err: KafkaError | None) -> None:
+            if err is None:
+                self.metrics.add(entity, "published", rows)
+                self.receipts.record(BROKER, entity, chunk, part)
+            else:
+                with self._lock:
+                    self.send_errors.append(f"{entity} {chunk}: {err.str()}")
+
+        return acked
 
     def has_rejected(self, entity: str, chunk: str) -> bool:
         """Whether the chunk had invalid rows under policy `fail` (it must be read again)."""

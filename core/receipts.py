@@ -11,6 +11,10 @@ correctness.
 Receipts count only messages of this attempt (header `kanal.attempt`):
 messages left in a persistent broker by an earlier attempt may still be
 written (harmlessly), but they do not stand in for this attempt's messages.
+
+With a real (durable, replicated) broker the one party that must confirm is
+the broker itself (`BROKER`): its acks are durable, and the sinks that
+write the messages may be running in other processes of the same job.
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ class _Pending:
     written: dict[str, set[int]] = field(default_factory=dict)
 
 
-class Receipts:
-    """Track which parts of which chunk each sink has durably written."""
+BROKER = "broker"
+"""The party that confirms for a durable broker: the producer's acks."""
 
-    def __init__(self, sinks: list[str], on_done: Callable[[str, str, int, int], None]) -> None:
-        self._sinks = sinks
+
+class Receipts:
+    """Track which parts of which chunk each party (sinks, or the broker) has durably taken."""
+
+    def __init__(self, parties: list[str], on_done: Callable[[str, str, int, int], None]) -> None:
+        self._sinks = parties
         self._on_done = on_done
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._early: dict[tuple[str, str], dict[str, set[int]]] = {}
@@ -51,7 +59,9 @@ class Receipts:
             self._on_done(entity, chunk, rows, dead)
 
     def record(self, sink: str, entity: str, chunk: str, part: int) -> None:
-        """A sink wrote one part and committed its offset."""
+        """A party took one part durably: a sink wrote it and committed its offset, or the broker acked it."""
+        if sink not in self._sinks:
+            return
         key = (entity, chunk)
         with self._lock:
             pending = self._pending.get(key)

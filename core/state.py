@@ -69,7 +69,7 @@ class StateStore:
 
     def _write(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")  # workers of one job may share the folder
         with open(tmp, "w") as fh:
             json.dump(self._doc, fh, indent=1, sort_keys=True, default=str)
             fh.flush()

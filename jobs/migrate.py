@@ -40,6 +40,8 @@ from kanal.jobs.model import ErrorPolicy
 from kanal.jobs.runtime import (
     build_deliveries,
     dead_letter_store,
+    receipt_parties,
+    wait_consumed,
     make_sink,
     make_source,
     snapshot_version,
@@ -155,7 +157,7 @@ def run_with(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, conso
             if remaining[0] <= 0:
                 all_done.set()
 
-    receipts = Receipts([p.name for p in loaded.sinks], checkpoint)
+    receipts = Receipts(receipt_parties(loaded), checkpoint)
     attempt = uuid.uuid4().hex
     dead_letters = dead_letter_store(loaded)
     producer = BoundedProducer(kafka, max_in_flight=job.batch.max_in_flight, **{"compression.type": "none"})
@@ -189,10 +191,14 @@ def run_with(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, conso
                 all_done.set()
             _read_all(loaded, flows, todo, publisher, deliveries, source)
             log.debug("every chunk read and published")
-            while not all_done.wait(0.1):
+            def check_failed() -> None:
                 if (err := first_error(deliveries)) is not None:
                     raise err
                 publisher.raise_send_errors()
+
+            while not all_done.wait(0.1):
+                check_failed()
+            wait_consumed(loaded, kafka, topics, check_failed)
             for d in deliveries:
                 d.stop()
             for d in deliveries:

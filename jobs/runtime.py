@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +14,7 @@ from kanal.core.dlq import DeadLetterStore
 from kanal.core.kafka import BoundedProducer, KafkaConnection
 from kanal.core.model import entity as canonical
 from kanal.core.progress import Metrics
-from kanal.core.receipts import Receipts
+from kanal.core.receipts import BROKER, Receipts
 from kanal.jobs.model import ErrorPolicy
 from kanal.core.validate import KEY
 from kanal.jobs.load import EntityPlan, LoadedJob, SinkPlan
@@ -57,6 +59,30 @@ def dead_letter_store(loaded: LoadedJob) -> DeadLetterStore:
 
 def report_dir(loaded: LoadedJob) -> Path:
     return loaded.state_dir
+
+
+def receipt_parties(loaded: LoadedJob) -> list[str]:
+    """Who must confirm a chunk or a read: every sink (embedded broker, memory only) or the durable broker."""
+    return [p.name for p in loaded.sinks] if loaded.job.kafka.embedded else [BROKER]
+
+
+def wait_consumed(loaded: LoadedJob, kafka: KafkaConnection, topics: dict[str, str], failed: Callable[[], None]) -> None:
+    """Durable broker: wait until every sink's consumer group (in any process) has committed every message.
+
+    Only then may deferred work that assumes all records are written (building
+    keys after a bulk load) run. `failed` raises if a local delivery broke.
+    """
+    if loaded.job.kafka.embedded:
+        return
+    prefix = loaded.job.kafka.topic_prefix
+    while True:
+        failed()
+        lag = sum(
+            kafka.lag(f"{prefix}.{loaded.name}.{plan.name}", topics[e]) for plan in loaded.sinks for e in plan.entities
+        )
+        if lag == 0:
+            return
+        time.sleep(0.2)
 
 
 def snapshot_version(options: EntityOptions) -> pl.Expr | None:

@@ -49,7 +49,7 @@ from kanal.core.state import StateStore
 from kanal.jobs import migrate as migration
 from kanal.jobs.load import LoadedJob
 from kanal.jobs.model import ErrorPolicy
-from kanal.jobs.runtime import build_deliveries, dead_letter_store, make_source, source_transform
+from kanal.jobs.runtime import build_deliveries, dead_letter_store, make_source, receipt_parties, source_transform
 
 STREAM = "stream"
 _MAX_READS_IN_FLIGHT = 8
@@ -143,7 +143,6 @@ class _Stream:
         self.loaded, self.kafka, self.state, self.reader = loaded, kafka, state, reader
         self.position, self.report, self.stop = position, report, stop
         self.job = loaded.job
-        self.durable_broker = not self.job.kafka.embedded
         self.confirmations = Confirmations()
         self.attempt = uuid.uuid4().hex
         self._seq = 0
@@ -169,7 +168,7 @@ class _Stream:
         sinks = migration.connect_sinks(self.loaded)
         metrics = Metrics([p.name for p in self.loaded.sinks])
         self.report.metrics = metrics
-        receipts = Receipts([p.name for p in self.loaded.sinks], self._on_receipt)
+        receipts = Receipts(receipt_parties(self.loaded), self._on_receipt)
         delta_rows = getattr(self.loaded.source_config, "delta_rows", 20_000)
         producer = BoundedProducer(kafka, max_in_flight=delta_rows * _MAX_READS_IN_FLIGHT, **{"linger.ms": 2})
         publisher = Publisher(
@@ -242,10 +241,6 @@ class _Stream:
                     f"{r.entity} key {r.first_key!r}: {r.first_reason}. Nothing after the last delivered change was "
                     "confirmed: fix the source and run again"
                 )
-            if self.durable_broker and changes.frames:
-                producer.flush()
-                publisher.raise_send_errors()
-                self.confirmations.delivered_all(self._seq)
             self.position = changes.position
             self.report.reads += 1
             self.report.changes += changes.rows

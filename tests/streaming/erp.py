@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 
 import psycopg
@@ -91,7 +92,7 @@ def snapshot(dsn: str, prefix: str) -> dict[str, list[tuple]]:
 def differences(erp: str, shop: str) -> dict[str, int]:
     """Per table, how many rows differ (0 everywhere: equal)."""
     a, b = snapshot(erp, "erp_"), snapshot(shop, "shop_")
-    return {name: len(set(a[name]) ^ set(b[name])) for name in a}
+    return {name: sum(((Counter(a[name]) - Counter(b[name])) + (Counter(b[name]) - Counter(a[name]))).values()) for name in a}
 
 
 @dataclass
