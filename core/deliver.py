@@ -190,7 +190,7 @@ class SinkDelivery:
         paused = False
         try:
             if self.partitions is None:
-                consumer.subscribe(list(self.topics))
+                consumer.subscribe(list(self.topics), on_assign=self._assigned, on_revoke=self._revoked)
             else:  # committed offsets still apply: the group id is set, only the join is skipped
                 consumer.assign([TopicPartition(t, p) for t, n in self.partitions.items() for p in range(n)])
             while not self._stop.is_set():
@@ -226,6 +226,12 @@ class SinkDelivery:
                     pass
         finally:
             consumer.close()
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.debug("%s: assigned %s", self.name, ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.debug("%s: revoked %s", self.name, ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
     def _any_full(self) -> bool:
         return any(q.full() for q in self._queues)
