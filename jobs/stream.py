@@ -114,7 +114,7 @@ def sync(
                     position = stored["position"]
                 else:
                     state.update(lambda d: d.__setitem__(STREAM, {"position": position, "since": time.time()}))
-                report = StreamReport(loaded.name, schedule.describe())
+                report = StreamReport(loaded.name, "once" if once else schedule.describe())
                 if migrate_first and (state.get(migration.MIGRATION) or {}).get("status") != "done":
                     report.migrated = migration.run_with(loaded, kafka, state, console, quiet)
                 if not stop.is_set():

@@ -175,16 +175,29 @@ class CdcReader(DeltaReader):
         )
 
     def _unchanged(self, change: Change, index: int) -> object:
-        """An unchanged TOASTed value: the old tuple has it under REPLICA IDENTITY FULL."""
+        """An unchanged TOASTed value, which PostgreSQL does not send.
+
+        Under REPLICA IDENTITY FULL the old tuple has it. Otherwise it is read
+        from the table by the row's key: the row may be newer than this change
+        by then, which is harmless (the later changes follow, with higher
+        versions); a row deleted since yields NULL until its delete arrives.
+        """
         if change.old is not None and change.old[index] is not UNCHANGED:
             return change.old[index]
         r = change.relation
-        raise ConnectorError(
-            self.system,
-            f"an update of {r.schema}.{r.name} left the large (TOASTed) column {r.columns[index]!r} unchanged, "
-            f"and PostgreSQL does not send such values. Run ALTER TABLE {r.schema}.{r.name} REPLICA IDENTITY FULL; "
-            "so that it does",
-        )
+        if not r.key:
+            raise ConnectorError(
+                self.system,
+                f"an update of {r.schema}.{r.name} left the large (TOASTed) column {r.columns[index]!r} unchanged, "
+                f"PostgreSQL did not send it, and the table has no key to read it by. Run "
+                f"ALTER TABLE {r.schema}.{r.name} REPLICA IDENTITY FULL;",
+            )
+        match = " and ".join(f'"{r.columns[k]}"::text = %s' for k in r.key)
+        row = self._connection().execute(
+            f'select "{r.columns[index]}"::text from {qualified(r.schema, r.name)} where {match}',
+            tuple(change.values[k] for k in r.key),
+        ).fetchone()
+        return None if row is None else row[0]
 
     # position --------------------------------------------------------------
 

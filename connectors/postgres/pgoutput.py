@@ -30,6 +30,7 @@ class Relation:
     replica_identity: str  # d (default), n (nothing), f (full), i (index)
     columns: tuple[str, ...]
     types: tuple[int, ...]
+    key: tuple[int, ...]  # positions of the replica identity's columns
 
 
 @dataclass(frozen=True)
@@ -116,13 +117,16 @@ class Decoder:
             elif kind == "R":
                 oid = r.int("!I", 4)
                 schema, name, identity = r.string(), r.string(), r.byte()
-                columns, types = [], []
-                for _ in range(r.int("!h", 2)):
-                    r.byte()  # flags (part of the key)
+                columns, types, key = [], [], []
+                for i in range(r.int("!h", 2)):
+                    if r.int("!b", 1) & 1:  # flag 1: part of the replica identity
+                        key.append(i)
                     columns.append(r.string())
                     types.append(r.int("!I", 4))
                     r.int("!i", 4)  # type modifier
-                self.relations[oid] = Relation(oid, schema or "pg_catalog", name, identity, tuple(columns), tuple(types))
+                self.relations[oid] = Relation(
+                    oid, schema or "pg_catalog", name, identity, tuple(columns), tuple(types), tuple(key)
+                )
             elif kind in "IUD" and current is not None:
                 current.changes.append(self._change(kind, r, lsn_int(lsn)))
             # 'Y' types, 'O' origins, 'M' messages (heartbeats) and 'T' truncates carry no rows
