@@ -33,9 +33,9 @@ from kanal.core.model import entity as canonical
 from kanal.core.progress import Metrics, ProgressDisplay
 from kanal.core.publish import Publisher, Rejected, SourceFlow
 from kanal.core.receipts import Receipts
-from kanal.core.retry import call_with_retry
+from kanal.core.retry import RetryPolicy, call_with_retry
 from kanal.core.state import StateStore
-from kanal.jobs.load import LoadedJob
+from kanal.jobs.load import EntityPlan, LoadedJob
 from kanal.jobs.model import ErrorPolicy
 from kanal.jobs.runtime import (
     build_deliveries,
@@ -104,18 +104,32 @@ def _connect_all(loaded: LoadedJob) -> tuple[Source, dict[str, list[Sink]]]:
     return source, connect_sinks(loaded)
 
 
-def connect_sinks(loaded: LoadedJob) -> dict[str, list[Sink]]:
-    """One instance per writer of every sink, checked and with its targets prepared."""
+def connect_sinks(loaded: LoadedJob, streaming: bool = False) -> dict[str, list[Sink]]:
+    """One instance per writer of every sink, checked and with its targets prepared.
+
+    `streaming`: deltas must upsert and delete by key, so a table left in
+    bulk-load state (created by a migration that never finished, or just now)
+    gets its key first (`finish`), and every instance learns that.
+    """
     retry = loaded.job.errors.retry
     sinks: dict[str, list[Sink]] = {}
     for plan in loaded.sinks:
         instances = [make_sink(plan) for _ in range(loaded.job.batch.sink_writers)]
         for sink in instances:
             call_with_retry(sink.check, retry)
+        _prepare(instances, plan.entities, retry)
+        if streaming:
             for entity, ep in plan.entities.items():
-                call_with_retry(lambda s=sink, e=entity, o=ep.options: s.prepare(e, o), retry)
+                call_with_retry(lambda e=entity, o=ep.options: instances[0].finish(e, o), retry)
+            _prepare(instances, plan.entities, retry)
         sinks[plan.name] = instances
     return sinks
+
+
+def _prepare(instances: list[Sink], entities: dict[str, EntityPlan], retry: RetryPolicy) -> None:
+    for sink in instances:
+        for entity, ep in entities.items():
+            call_with_retry(lambda s=sink, e=entity, o=ep.options: s.prepare(e, o), retry)
 
 
 def run_with(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: Console | None, quiet: bool) -> MigrationReport:

@@ -165,7 +165,7 @@ class _Stream:
         kafka.ensure_topics(list(topics.values()), compact=True)
         kafka.ensure_topics([job.kafka.dlq_topic(job.name)], compact=False)
         partitions = {e: kafka.partitions_of(t) for e, t in topics.items()}
-        sinks = migration.connect_sinks(self.loaded)
+        sinks = migration.connect_sinks(self.loaded, streaming=True)
         metrics = Metrics([p.name for p in self.loaded.sinks])
         self.report.metrics = metrics
         receipts = Receipts(receipt_parties(self.loaded), self._on_receipt)

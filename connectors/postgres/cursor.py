@@ -6,8 +6,10 @@ rows whose cursor is at or after the last one seen *minus an overlap*, so a
 row written with a slightly older timestamp (clock skew, a transaction that
 committed late: `now()` is its start time) is still found. Rows re-read
 inside the overlap are recognised by a hash of their content and dropped, so
-the overlap costs reads, never duplicates; the version of a row is its cursor
-in epoch microseconds, which the sinks compare.
+the overlap costs reads, never duplicates; the hashes of the rows inside the
+window travel in the position, so a restarted job does not hand them out
+again either. The version of a row is its cursor in epoch microseconds, which
+the sinks compare.
 
 What a cursor cannot see: hard deletes (use `delta: cdc`) and rows whose
 cursor is NULL.
@@ -63,6 +65,9 @@ class CursorReader(DeltaReader):
 
     def read(self, position: dict[str, Any]) -> Changes:
         cursors = dict(position["cursors"])
+        for entity, pairs in position.get("seen", {}).items():
+            if entity not in self._seen and pairs:
+                self._seen[entity] = pl.DataFrame(pairs, schema={_HASH: pl.UInt64, VERSION: pl.Int64}, orient="row")
         frames = {}
         for entity, (options, delta) in self.entities.items():
             last = int(cursors.get(entity, 0))
@@ -71,7 +76,8 @@ class CursorReader(DeltaReader):
             cursors[entity] = max(last, newest)
             if not fresh.is_empty():
                 frames[entity] = fresh
-        return Changes(frames, {"cursors": cursors})
+        seen = {e: s.rows() for e, s in self._seen.items()}  # kept in the position: a restart re-reads the
+        return Changes(frames, {"cursors": cursors, "seen": seen})  # overlap, but hands out nothing twice
 
     def _read(self, entity: str, options: PostgresSourceOptions, delta: CursorDelta, low: int) -> tuple[pl.DataFrame, int]:
         """Rows at or after `low` not seen before, and the newest cursor among them."""
