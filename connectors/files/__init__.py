@@ -1,7 +1,7 @@
 """Files connector: CSV, JSON Lines and Parquet under one base folder.
 
 As a source it reads the files a glob selects (one chunk per file, frames of
-at most 100,000 rows); as a sink it writes one file per Kafka message, named
+at most 100,000 rows), and with `delta: files` new and changed files after that; as a sink it writes one file per Kafka message, named
 after the message's stable batch id, so re-delivery replaces instead of
 duplicating. Configuration: `FilesConfig`; per entity: `FilesSourceOptions`,
 `FilesSinkOptions`.
@@ -21,7 +21,7 @@ CONNECTOR = ConnectorSpec(
     config=FilesConfig,
     capabilities=Capabilities(
         entities=tuple(ENTITIES),
-        delta=(DeltaKind.NONE,),
+        delta=(DeltaKind.NONE, DeltaKind.FILES),
         parallel_snapshot=True,
         stable_batches=True,
     ),

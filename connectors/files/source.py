@@ -21,7 +21,8 @@ import polars as pl
 
 from kanal.connectors.files.config import FilesConfig, FilesSourceOptions, Format
 from kanal.connectors.files.formats import BATCH_ROWS, EXTENSIONS, SYSTEM, count_rows, disk_error, format_of, read
-from kanal.core.connector import Chunk, EntityInfo, EntityOptions, Source
+from kanal.connectors.files.delta import FilesDelta
+from kanal.core.connector import Chunk, DeltaContext, DeltaReader, EntityInfo, EntityOptions, Source
 from kanal.core.errors import ConfigError, ConnectorError
 from kanal.core.model import ENTITIES
 
@@ -89,6 +90,12 @@ class FilesSource(Source):
             raise ConfigError(f"entity {entity!r}: cannot tell the format of {path}; set `format`")
         config = self.config
         yield from read(path, fmt, delimiter=config.delimiter, encoding=config.encoding, batch_rows=BATCH_ROWS)
+
+    def delta(self, context: DeltaContext) -> DeltaReader:
+        wrong = [e for e, o in context.entities.items() if o.delta != "files"]
+        if wrong:
+            raise ConfigError(f"entity {wrong[0]!r}: the files source reads `delta: files` (new and changed files) only")
+        return FilesDelta(self, context)
 
     # ----------------------------------------------------------------- helpers
 
