@@ -222,7 +222,7 @@ def _print_stream(report: StreamReport, job: str) -> None:
     if report.migrated is not None:
         _print_report(report.migrated, job)
     out.print(f"sync {report.job} ({report.schedule}): {report.changes:,} changes in {report.reads:,} reads, "
-              f"{report.seconds:.1f}s; position {json.dumps(report.position) if report.position else 'unchanged'}")
+              f"{report.seconds:.1f}s; position {report.position}")
 
 
 @main.command()
@@ -279,7 +279,7 @@ def status(job: str, as_json: bool) -> None:
     for name, value in st.stream.items():
         if name == "confirmed_at" and value:
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-        out.print(f"{name.replace('_', ' ')}: {json.dumps(value) if isinstance(value, dict) else value}", highlight=False)
+        out.print(f"{name.replace('_', ' ')}: {value}", highlight=False)
 
 
 @main.group()

@@ -202,6 +202,10 @@ class DeltaReader(ABC):
         """Source-side figures for `kanal status` (e.g. retained WAL)."""
         return {}
 
+    def describe(self, position: dict[str, Any]) -> str:
+        """A position for people (reports, `kanal status`)."""
+        return str(position)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

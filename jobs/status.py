@@ -57,20 +57,21 @@ def status(loaded: LoadedJob, live: bool = True) -> JobStatus:
             )
         )
     summary: dict[str, Any] = {}
-    if stream:
-        summary["position"] = stream.get("position")
-        summary["confirmed_at"] = stream.get("confirmed_at")
     if live and any(p.options.delta is not None for p in loaded.source_entities.values()):
-        summary.update(_source_status(loaded))
+        summary.update(_source_status(loaded, stream.get("position")))
+    if stream.get("confirmed_at"):
+        summary["confirmed_at"] = stream["confirmed_at"]
     return JobStatus(loaded.name, doc.get("status", "never run"), entities, summary)
 
 
-def _source_status(loaded: LoadedJob) -> dict[str, str]:
+def _source_status(loaded: LoadedJob, position: dict[str, Any] | None) -> dict[str, str]:
+    """The stored position, described by the source, and the source's own figures (slot, WAL)."""
     source = make_source(loaded)
     try:
         reader = source.delta(delta_context(loaded))
         try:
-            return reader.status()
+            described = {"position": reader.describe(position)} if position else {}
+            return {**described, **reader.status()}
         finally:
             reader.close()
     except KanalError as exc:

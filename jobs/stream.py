@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -66,7 +66,7 @@ class StreamReport:
     changes: int = 0
     migrated: migration.MigrationReport | None = None
     metrics: Metrics | None = None
-    position: dict[str, Any] = field(default_factory=dict)
+    position: str = "unchanged"
 
 
 def delta_context(loaded: LoadedJob) -> DeltaContext:
@@ -294,4 +294,4 @@ class _Stream:
                 entry["last_write"] = counts["last"]
 
         self.state.update(store)
-        self.report.position = position
+        self.report.position = self.reader.describe(position)

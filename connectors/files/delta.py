@@ -61,3 +61,6 @@ class FilesDelta(DeltaReader):
                     pl.lit(UPSERT).alias(OP), pl.lit(sig[1] // 1000, pl.Int64).alias(VERSION)
                 )
         return Changes(frames, {"files": seen})
+
+    def describe(self, position: dict[str, Any]) -> str:
+        return ", ".join(f"{e} {len(files)} file(s) seen" for e, files in sorted(position["files"].items()))

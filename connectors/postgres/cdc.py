@@ -206,6 +206,9 @@ class CdcReader(DeltaReader):
             if self._lead():
                 self._connection().execute("select pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, position["lsn"]))
 
+    def describe(self, position: dict[str, Any]) -> str:
+        return f"LSN {position['lsn']}"
+
     def status(self) -> dict[str, str]:
         with translated(self.system):
             row = self._connection().execute(

@@ -17,6 +17,7 @@ cursor is NULL.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -105,6 +106,12 @@ class CursorReader(DeltaReader):
         kept = pl.concat([s for s in (seen, fresh.select(_HASH, VERSION)) if s is not None])
         self._seen[entity] = kept.filter(pl.col(VERSION) >= window)
         return fresh.drop(_HASH).with_columns(pl.lit(UPSERT).alias(OP)), newest
+
+    def describe(self, position: dict[str, Any]) -> str:
+        def when(micros: int) -> str:
+            return datetime.fromtimestamp(micros / 1e6, UTC).isoformat(timespec="milliseconds")
+
+        return ", ".join(f"{e} {when(int(c))}" for e, c in sorted(position["cursors"].items()))
 
     def close(self) -> None:
         if self._conn is not None:
