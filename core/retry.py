@@ -9,6 +9,8 @@ with the last error, and the re-run resumes.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -44,18 +46,27 @@ def call_with_retry(
     fn: Callable[[], T],
     policy: RetryPolicy,
     on_retry: Callable[[Unreachable, int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> T:
-    """Run `fn`, retrying `Unreachable` within the policy's time budget."""
+    """Run `fn`, retrying `Unreachable` within the policy's time budget.
+
+    `cancel` (a stop request, SIGTERM) ends the waiting at once: the last
+    error is raised instead of retrying for minutes.
+    """
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         if on_retry and isinstance(exc, Unreachable):
             on_retry(exc, state.attempt_number)
 
+    stop = stop_after_delay(policy.max_elapsed_s)
+    if cancel is not None:
+        stop = stop | (lambda _state: cancel.is_set())
     retrying = Retrying(
         retry=retry_if_exception_type(Unreachable),
-        stop=stop_after_delay(policy.max_elapsed_s),
+        stop=stop,
         wait=_wait(policy),
+        sleep=cancel.wait if cancel is not None else time.sleep,
         before_sleep=before_sleep,
         reraise=True,
     )

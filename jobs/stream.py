@@ -228,7 +228,7 @@ class _Stream:
                 self._check(deliveries, publisher)
                 self._confirm()
                 time.sleep(0.01)
-            changes = call_with_retry(lambda: self.reader.read(self.position), self.job.errors.retry)
+            changes = call_with_retry(lambda: self.reader.read(self.position), self.job.errors.retry, cancel=self.stop)
             self._seq += 1
             read_id = f"{self.attempt[:12]}-{self._seq}"
             self.confirmations.expect(self._seq, changes.position, set(changes.frames))
@@ -279,7 +279,7 @@ class _Stream:
         position = self.confirmations.confirmable()
         if position is None:
             return
-        call_with_retry(lambda: self.reader.confirm(position), self.job.errors.retry)
+        call_with_retry(lambda: self.reader.confirm(position), self.job.errors.retry, cancel=self.stop)
         with self._lock:
             delivered, self._delivered = self._delivered, {}
 

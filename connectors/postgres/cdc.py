@@ -93,7 +93,17 @@ class CdcReader(DeltaReader):
                 self._connection().execute(f'alter publication "{self.publication}" set table {tables}')
             else:
                 self._connection().execute(f'create publication "{self.publication}" for table {tables}')
-            lsn = self._one("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s", (self.slot,))
+            row = self._connection().execute(
+                "select confirmed_flush_lsn::text, database, current_database() from pg_replication_slots "
+                "where slot_name = %s",
+                (self.slot,),
+            ).fetchone()
+            if row is not None and row[1] != row[2]:
+                raise ConfigError(
+                    f"{self.system}: replication slot {self.slot} belongs to database {row[1]} (slot names are "
+                    f"server-wide); set `slot:` (and `publication:`) in the source config to names of this job's own"
+                )
+            lsn = row[0] if row else None
             if lsn is None:
                 try:
                     lsn = self._one("select lsn::text from pg_create_logical_replication_slot(%s, 'pgoutput')", (self.slot,))

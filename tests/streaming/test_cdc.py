@@ -101,6 +101,22 @@ def test_unchanged_toasted_values_are_completed_from_the_table(cli: Cli, dbs: Da
     cli.run("cleanup", "job.yaml", check=True)
 
 
+def test_a_slot_of_another_database_is_not_taken_over(cli: Cli, dbs: Databases) -> None:
+    """Slot names are server-wide: two jobs of one name on one server must not share a slot."""
+    erp.seed(dbs.erp, products=10)
+    dbs.shop_sql("select pg_create_logical_replication_slot('kanal_erp_stream', 'pgoutput')")
+    try:
+        cli.write_job(erp.job())
+        proc = cli.run("sync", "job.yaml", "--once")
+        assert proc.returncode == 2
+        assert "slot kanal_erp_stream belongs to database shop_" in proc.stderr
+        assert "set `slot:`" in proc.stderr
+        cli.write_job(erp.job().replace("heartbeat_s: 1", "heartbeat_s: 1, slot: kanal_erp_stream_2"))
+        assert "0 changes" in cli.run("sync", "job.yaml", "--once", "--quiet", check=True).stdout
+    finally:
+        dbs.shop_sql("select pg_drop_replication_slot('kanal_erp_stream')")
+
+
 @pytest.fixture(scope="module")
 def replica_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg.Server]:
     """A server left at PostgreSQL's default wal_level (replica)."""
