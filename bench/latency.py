@@ -151,8 +151,10 @@ begin
 end $$;
 create trigger synced before update on shop_stock for each row execute function bench_synced();
 create trigger synced before update on shop_prices for each row execute function bench_synced();
-create trigger deleted after delete on shop_stock for each row execute function bench_deleted('stock_levels', 'location');
-create trigger deleted after delete on shop_prices for each row execute function bench_deleted('prices', 'price_list');
+create trigger deleted after delete on shop_stock
+  for each row execute function bench_deleted('stock_levels', 'location');
+create trigger deleted after delete on shop_prices
+  for each row execute function bench_deleted('prices', 'price_list');
 """
 
 
@@ -253,7 +255,7 @@ class LogicalServers(Servers):
         super().__init__("one")
 
     def _start(self) -> tuple[str, str]:
-        from pgserver._commands import pg_ctl  # imported late, like common.Servers does pgserver
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import time
         from pgserver.utils import PostmasterInfo
 
         dsns = super()._start()
@@ -261,10 +263,12 @@ class LogicalServers(Servers):
         for srv in self._servers:
             with psycopg.connect(srv.get_uri(), autocommit=True) as conn:
                 conn.execute("alter system set wal_level = 'logical'")
-            pg_ctl(["-w", "-m", "fast", "-l", str(srv.log), "restart"], pgdata=srv.pgdata, user=srv.system_user, timeout=60)
+            pg_ctl(
+                ["-w", "-m", "fast", "-l", str(srv.log), "restart"], pgdata=srv.pgdata, user=srv.system_user, timeout=60
+            )
             srv._postmaster_info = PostmasterInfo.read_from_pgdata(srv.pgdata)  # noqa: SLF001 - no public re-read
         with psycopg.connect(dsns[0]) as conn:
-            level = conn.execute("show wal_level").fetchone()[0]  # type: ignore[index]
+            level = scalar(conn, "show wal_level")
         if level != "logical":
             raise BenchError(f"wal_level is {level!r} after the restart")
         log(f"restarted with wal_level=logical in {time.monotonic() - t0:.1f}s")
@@ -280,9 +284,16 @@ def seed(erp_dsn: str, shop_dsn: str, products: int) -> None:
         conn.execute(SHOP_SCHEMA)
 
 
+def scalar(conn: psycopg.Connection, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+    """The first column of the first row, for queries that always return one."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
 def db_now(conn: psycopg.Connection) -> dt.datetime:
     """The server's clock: every time in this benchmark is read from it."""
-    return conn.execute("select clock_timestamp()").fetchone()[0]  # type: ignore[index,no-any-return]
+    return scalar(conn, "select clock_timestamp()")  # type: ignore[no-any-return]
 
 
 def fingerprint(conn: psycopg.Connection, table: str, row_sql: str) -> tuple[int, str]:
@@ -296,7 +307,7 @@ def fingerprint(conn: psycopg.Connection, table: str, row_sql: str) -> tuple[int
 
 def count_rows(dsn: str, table: str) -> int:
     with psycopg.connect(dsn) as conn:
-        return int(conn.execute(f"select count(*) from {table}").fetchone()[0])  # type: ignore[index]
+        return int(scalar(conn, f"select count(*) from {table}"))
 
 
 # --------------------------------------------------------------------------- kanal
@@ -426,13 +437,26 @@ class Cpu:
     def __sub__(self, other: Cpu) -> Cpu:
         return Cpu(*(a - b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)))
 
+    @property
+    def others(self) -> float:
+        return max(self.machine - self.kanal - self.postgres - self.bench, 0.0)
+
     def describe(self) -> str:
         cores = os.cpu_count() or 1
-        others = max(self.machine - self.kanal - self.postgres - self.bench, 0.0)
         return (
             f"kanal {self.kanal:.1f}s ({self.kanal / self.wall:.0%} of a core), postgres {self.postgres:.1f}s "
-            f"(all backends, the writer's included), bench {self.bench:.1f}s, others {others:.1f}s; "
+            f"(all backends, the writer's included), bench {self.bench:.1f}s, others {self.others:.1f}s; "
             f"machine {self.machine / (self.wall * cores):.0%} busy over {self.wall:.1f}s on {cores} cores"
+        )
+
+    def warning(self) -> str | None:
+        """A phase during which other processes took more than 10% of the machine did not
+        measure Kanal alone: say so next to its figures."""
+        share = self.others / (self.wall * (os.cpu_count() or 1))
+        if share <= 0.1:
+            return None
+        return (
+            f"WARNING: other processes used {self.others:.1f}s of CPU ({share:.0%} of the machine): figures disturbed"
         )
 
 
@@ -495,11 +519,12 @@ class ErpWriter:
         self._new_sku += n
         return [f"N{i:07d}" for i in range(first, first + n)]
 
-    def probe(self) -> tuple[str, str]:
-        """Change one stock row now; the benchmark waits for it to prove the stream is live."""
+    def probe(self) -> tuple[tuple[str, str], dt.datetime]:
+        """Change one stock row now (the benchmark waits for it to prove the stream
+        is live); its key and its new updated_at."""
         key = self.pools[STOCK].pop()
-        self.conn.execute(STOCK.update_sql, ([key[0]], [key[1]]))
-        return key
+        sent = scalar(self.conn, STOCK.update_sql + " returning r.updated_at", ([key[0]], [key[1]]))
+        return key, sent
 
     # -- latency phase
 
@@ -662,11 +687,8 @@ def last_shop_write(shop_dsn: str, since: dt.datetime) -> dt.datetime:
     every change, whatever the polling interval was.
     """
     with psycopg.connect(shop_dsn) as conn:
-        times = [
-            conn.execute(f"select max(synced_at) from {t.shop} where updated_at >= %s", (since,)).fetchone()[0]  # type: ignore[index]
-            for t in TABLES
-        ]
-        times.append(conn.execute("select max(deleted_at) from deleted_log where deleted_at >= %s", (since,)).fetchone()[0])  # type: ignore[index]
+        times = [scalar(conn, f"select max(synced_at) from {t.shop} where updated_at >= %s", (since,)) for t in TABLES]
+        times.append(scalar(conn, "select max(deleted_at) from deleted_log where deleted_at >= %s", (since,)))
     found = [t for t in times if t is not None]
     if not found:
         raise BenchError("the shop holds no change of the throughput phase")
@@ -729,7 +751,7 @@ def run(args: argparse.Namespace, servers: LogicalServers, report: Report) -> No
     seed(erp, shop, args.products)
     report.stock_rows, report.price_rows = count_rows(erp, "erp_stock"), count_rows(erp, "erp_prices")
     with psycopg.connect(erp) as conn:
-        report.pg_version = conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
+        report.pg_version = scalar(conn, "show server_version")
     log(f"seeded {report.stock_rows:,} stock and {report.price_rows:,} price rows in {time.monotonic() - t0:.1f}s")
     writer = ErpWriter(erp, args.products, args.seed)
     needed = round(args.rate * args.seconds)
@@ -772,7 +794,9 @@ def measure(
     t0 = time.monotonic()
     report.migration_s = wait_until(
         "the migration to copy every row",
-        lambda: count_rows(shop, "shop_stock") == report.stock_rows and count_rows(shop, "shop_prices") == report.price_rows,
+        lambda: (
+            count_rows(shop, "shop_stock") == report.stock_rows and count_rows(shop, "shop_prices") == report.price_rows
+        ),
         args.timeout,
         kanal,
     )
@@ -780,21 +804,17 @@ def measure(
 
     # The stream starts after the migration; one change that arrives proves it is
     # live, so the latency phase does not measure its start-up.
-    sku, location = writer.probe()
-    with psycopg.connect(erp) as conn:
-        sent = conn.execute("select updated_at from erp_stock where sku = %s and location = %s", (sku, location)).fetchone()[0]  # type: ignore[index]
+    (sku, location), sent = writer.probe()
+    key = (sku, location)
     with psycopg.connect(shop, autocommit=True) as conn:
         wait_until(
             "the first streamed change",
-            lambda: conn.execute(
-                "select updated_at = %s from shop_stock where sku = %s and location = %s", (sent, sku, location)
-            ).fetchone()
-            == (True,),
+            lambda: scalar(conn, "select updated_at from shop_stock where sku = %s and location = %s", key) == sent,
             args.timeout,
             kanal,
             interval=0.05,
         )
-        synced = conn.execute("select synced_at from shop_stock where sku = %s and location = %s", (sku, location)).fetchone()[0]  # type: ignore[index]
+        synced = scalar(conn, "select synced_at from shop_stock where sku = %s and location = %s", key)
     report.probe_ms = (synced - sent).total_seconds() * 1000
     log(f"stream live: the probe change took {report.probe_ms:.0f} ms ({time.monotonic() - t0:.1f}s after start)")
 
@@ -844,7 +864,9 @@ def kanal_revision() -> str:
         head = subprocess.run(
             ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
         ).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_DIR), "diff", "--quiet", "HEAD", "--"], timeout=10).returncode != 0
+        dirty = (
+            subprocess.run(["git", "-C", str(REPO_DIR), "diff", "--quiet", "HEAD", "--"], timeout=10).returncode != 0
+        )
     except (OSError, subprocess.SubprocessError):
         return "?"
     return f"{head}{' + uncommitted changes' if dirty else ''}" if head else "?"
@@ -854,10 +876,16 @@ def print_report(r: Report) -> None:
     print()
     print("Kanal CDC stream: PostgreSQL -> embedded Kafka -> PostgreSQL (`kanal run`, delta: cdc, heartbeat_s 1)")
     print(f"machine: {machine_line()}")
-    print(f"postgres: {r.pg_version} (pgserver), one server with databases erp and shop, wal_level=logical; kanal {kanal_revision()}")
-    print(f"seed: {r.products:,} SKUs = {r.stock_rows:,} erp_stock + {r.price_rows:,} erp_prices rows (REPLICA IDENTITY FULL)")
+    print(
+        f"postgres: {r.pg_version} (pgserver), one server with databases erp and shop, wal_level=logical; kanal {kanal_revision()}"
+    )
+    print(
+        f"seed: {r.products:,} SKUs = {r.stock_rows:,} erp_stock + {r.price_rows:,} erp_prices rows (REPLICA IDENTITY FULL)"
+    )
     if r.migration_s is not None:
-        print(f"start-up + migration: {r.migration_s:.1f}s; first streamed change (probe): {r.probe_ms or math.nan:,.0f} ms")
+        print(
+            f"start-up + migration: {r.migration_s:.1f}s; first streamed change (probe): {r.probe_ms or math.nan:,.0f} ms"
+        )
     if r.peak_rss:
         print(f"peak RSS of kanal + embedded broker: {fmt_bytes(r.peak_rss)}")
 
@@ -873,7 +901,10 @@ def print_report(r: Report) -> None:
             f"  applied   {a.changes:,} changes ({a.updates:,} updates, {a.inserts:,} inserts, {a.deletes:,} deletes) "
             f"in {a.seconds:.1f}s = {a.changes / a.seconds:,.0f} changes/s (at most {a.behind_s * 1000:.0f} ms behind schedule)"
         )
-        print(f"  measured  {len(r.samples):,} of {a.changes:,} changes" + (f"; {r.unmatched_deletes:,} deletes never reached the shop" if r.unmatched_deletes else ""))
+        print(
+            f"  measured  {len(r.samples):,} of {a.changes:,} changes"
+            + (f"; {r.unmatched_deletes:,} deletes never reached the shop" if r.unmatched_deletes else "")
+        )
         print(f"  latency   {spread([s.latency_ms for s in r.samples])}")
         for kind in ("update", "insert", "delete"):
             print(f"    {kind:<7} {spread([s.latency_ms for s in r.samples if s.kind == kind])}")
@@ -888,6 +919,8 @@ def print_report(r: Report) -> None:
             )
         if r.latency_cpu is not None:
             print(f"  CPU       {r.latency_cpu.describe()}")
+            if warning := r.latency_cpu.warning():
+                print(f"  {warning}")
 
     b = r.burst
     if b is not None:
@@ -896,7 +929,9 @@ def print_report(r: Report) -> None:
             f"throughput phase: for {r.burst_seconds:.0f}s as fast as one connection writes (per round a {BURST_ROWS:,}-row "
             f"UPDATE on each table, {BURST_SMALL}-row INSERTs and DELETEs; one statement per transaction)"
         )
-        print(f"  ERP wrote {b.changes:,} changes ({b.updates:,} updates, {b.inserts:,} inserts, {b.deletes:,} deletes) in {b.seconds:.1f}s = {b.changes / b.seconds:,.0f} changes/s")
+        print(
+            f"  ERP wrote {b.changes:,} changes ({b.updates:,} updates, {b.inserts:,} inserts, {b.deletes:,} deletes) in {b.seconds:.1f}s = {b.changes / b.seconds:,.0f} changes/s"
+        )
         if r.burst_last_write is not None and b.first_commit is not None and b.ended is not None:
             span = (r.burst_last_write - b.first_commit).total_seconds()
             drained = (r.burst_last_write - b.ended).total_seconds()
@@ -906,6 +941,8 @@ def print_report(r: Report) -> None:
             )
         if r.burst_cpu is not None:
             print(f"  CPU       {r.burst_cpu.describe()}")
+            if warning := r.burst_cpu.warning():
+                print(f"  {warning}")
 
     print()
     print(f"kanal: SIGTERM -> exit {r.kanal_exit}" + (f'; "{r.kanal_final}"' if r.kanal_final else ""))
@@ -942,7 +979,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--per-txn", type=int, default=10, help="changes per transaction in the latency phase (default 10)")
     ap.add_argument(
-        "--products", type=int, default=None, help="SKUs seeded; 2 stock + 2 price rows each (default 50000, --quick 10000)"
+        "--products",
+        type=int,
+        default=None,
+        help="SKUs seeded; 2 stock + 2 price rows each (default 50000, --quick 10000)",
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: 10 s latency, 2 s throughput, 10k SKUs")
     ap.add_argument(
@@ -952,6 +992,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds to wait for the migration, or for the shop to change again while it converges",
     )
     ap.add_argument("--seed", type=int, default=7, help="random seed of the change mix")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for the 1-minute load average to drop below --idle-load",
+    )
+    ap.add_argument("--idle-load", type=float, default=0.3, help="load average counted as idle by --wait-idle")
     args = ap.parse_args(argv)
     quick = args.quick
     args.seconds = args.seconds if args.seconds is not None else (10.0 if quick else 60.0)
@@ -964,9 +1012,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def wait_idle(seconds: float, idle_load: float) -> float:
+    """Latency suffers from any other load on a small machine: wait (up to `seconds`)
+    until the 1-minute load average is below `idle_load`; return the last reading."""
+    deadline = time.monotonic() + seconds
+    load = os.getloadavg()[0]
+    while load > idle_load and time.monotonic() < deadline:
+        time.sleep(5)
+        load = os.getloadavg()[0]
+    return load
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_sigterm()
+    if args.wait_idle > 0:
+        log(f"load average {wait_idle(args.wait_idle, args.idle_load):.2f} at start")
     report = Report(args.products, args.rate, args.seconds, args.per_txn, args.burst_seconds)
     try:
         servers = LogicalServers()

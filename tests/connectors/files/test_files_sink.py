@@ -225,7 +225,7 @@ def test_connector_spec_declares_what_the_engine_relies_on():
 
     assert caps.stable_batches is True
     assert caps.parallel_snapshot is True
-    assert caps.delta == (DeltaKind.NONE,)
+    assert caps.delta == (DeltaKind.NONE, DeltaKind.FILES)
     assert set(caps.entities) == set(ENTITIES)
     assert CONNECTOR.source is FilesSource and CONNECTOR.sink is FilesSink
     assert FilesSink.entity_options is FilesSinkOptions
