@@ -146,6 +146,18 @@ class KafkaConnection:
         md = AdminClient(self.config()).list_topics(topic, timeout=10)
         return len(md.topics[topic].partitions)
 
+    def size(self, topic: str) -> int:
+        """Messages `topic` holds now (all partitions)."""
+        consumer = self.consumer(f"{self.settings.topic_prefix}.size")
+        try:
+            total = 0
+            for p in range(self.partitions_of(topic)):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                total += max(0, high - low)
+            return total
+        finally:
+            consumer.close()
+
     def lag(self, group: str, topic: str) -> int:
         """Messages of `topic` the consumer group has not committed yet (all partitions)."""
         consumer = self.consumer(group)

@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from kanal.core.receipts import Receipts
 from kanal.core.retry import RetryPolicy, call_with_retry
 from kanal.core.state import StateStore
 from kanal.jobs.load import EntityPlan, LoadedJob
+from kanal.jobs.shared import SharedSnapshot
 from kanal.jobs.model import ErrorPolicy
 from kanal.jobs.runtime import (
     build_deliveries,
@@ -132,9 +134,16 @@ def _prepare(instances: list[Sink], entities: dict[str, EntityPlan], retry: Retr
             call_with_retry(lambda s=sink, e=entity, o=ep.options: s.prepare(e, o), retry)
 
 
-def run_with(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: Console | None, quiet: bool) -> MigrationReport:
+def run_with(
+    loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: Console | None, quiet: bool, explicit: bool = True
+) -> MigrationReport:
+    """Migrate on an open broker connection and state (also the first step of `kanal run`).
+
+    With a durable broker the chunks are shared with the job's other workers
+    (`jobs.shared`); `explicit` (a `kanal migrate`) starts a new migration
+    even when an earlier one was completed by another worker.
+    """
     job = loaded.job
-    """Migrate on an open broker connection and state (also the first step of `kanal run`)."""
     started = time.monotonic()
     source, sinks = _connect_all(loaded)
     log.debug("systems reached and targets prepared")
@@ -145,7 +154,19 @@ def run_with(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, conso
     kafka.ensure_topics([dlq_topic], compact=False)
     partitions = {e: kafka.partitions_of(t) for e, t in topics.items()}
 
-    plans, done, doc = _plan(loaded, source, state)
+    shared = None if job.kafka.embedded else SharedSnapshot(loaded, kafka)
+    if shared is None:
+        plans, done, doc = _plan(loaded, source, state)
+    else:
+        joining = shared.pending() > 0
+        if not joining and not explicit and shared.completed_before():
+            log.info("the migration of %s was completed by another worker", job.name)
+            source.close()
+            state.update(lambda d: d.__setitem__(MIGRATION, {"status": "done", "entities": {}, "finished": time.time()}))
+            return MigrationReport(job.name, time.monotonic() - started, 0, Metrics([p.name for p in loaded.sinks]))
+        plans = {} if joining else {e: source.plan(e, p.options) for e, p in loaded.source_entities.items()}
+        done, doc = set(), {"entities": {e: {"done": {}} for e in plans}}
+        state.update(lambda d: d.__setitem__(MIGRATION, {"status": "running", "started": time.time(), "entities": {}}))
     log.debug("planned %d chunks (%d done before)", sum(len(c) for c in plans.values()), len(done))
     metrics = Metrics([p.name for p in loaded.sinks])
     for e, chunks in plans.items():
@@ -156,13 +177,21 @@ def run_with(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, conso
         c.chunks_done = len(finished)
         c.already = sum(v.get("rows", 0) + v.get("dead", 0) for v in finished.values())
         c.dead = sum(v.get("dead", 0) for v in finished.values())
-    todo = [(e, ch) for e in entities for ch in plans[e] if (e, ch.id) not in done]
+    todo = [(e, ch) for e in entities for ch in plans.get(e, []) if (e, ch.id) not in done]
     use_dlq = job.errors.policy == ErrorPolicy.DLQ
     all_done = threading.Event()
     remaining = [len(todo)]
     lock = threading.Lock()
 
+    acked: dict[tuple[str, str], threading.Event] = {}
+
     def checkpoint(entity: str, chunk: str, rows: int, dead: int) -> None:
+        if shared is not None:  # the work topic's commit is the checkpoint
+            with lock:
+                event = acked.get((entity, chunk))
+            if event is not None:
+                event.set()
+            return
         with lock:
             if not publisher.has_rejected(entity, chunk):
                 state.update(lambda d: d[MIGRATION]["entities"][entity]["done"].__setitem__(chunk, {"rows": rows, "dead": dead}))
@@ -201,17 +230,22 @@ def run_with(loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, conso
         with ProgressDisplay(metrics, title, console=console, quiet=quiet):
             for d in deliveries:
                 d.start()
-            if not todo:
-                all_done.set()
-            _read_all(loaded, flows, todo, publisher, deliveries, source)
-            log.debug("every chunk read and published")
             def check_failed() -> None:
                 if (err := first_error(deliveries)) is not None:
                     raise err
                 publisher.raise_send_errors()
 
-            while not all_done.wait(0.1):
-                check_failed()
+            if shared is None:
+                if not todo:
+                    all_done.set()
+                _read_all(loaded, flows, todo, publisher, deliveries, source)
+                log.debug("every chunk read and published")
+                while not all_done.wait(0.1):
+                    check_failed()
+            else:
+                if plans:
+                    shared.publish_plan(producer, plans)
+                _read_shared(loaded, shared, flows, publisher, source, acked, lock, metrics, check_failed)
             wait_consumed(loaded, kafka, topics, check_failed)
             for d in deliveries:
                 d.stop()
@@ -285,3 +319,40 @@ def _read_all(
             f.result()
     if errors:
         raise errors[0]
+
+
+def _read_shared(
+    loaded: LoadedJob,
+    shared: SharedSnapshot,
+    flows: dict[str, SourceFlow],
+    publisher: Publisher,
+    first_source: Source,
+    acked: dict[tuple[str, str], threading.Event],
+    lock: threading.Lock,
+    metrics: Metrics,
+    failed: Callable[[], None],
+) -> None:
+    """Take chunks from the job's work topic until every chunk of the plan is committed, by anyone."""
+    local = threading.local()
+    opened: list[Source] = []
+    retry = loaded.job.errors.retry
+
+    def handle(entity: str, chunk: Chunk) -> None:
+        source = getattr(local, "source", None)
+        if source is None:
+            with lock:  # one source (connection) per reading thread; the first reuses the checked one
+                source = local.source = first_source if not opened else make_source(loaded)
+                opened.append(source)
+        event = threading.Event()
+        with lock:
+            acked[(entity, chunk.id)] = event
+        call_with_retry(lambda: publisher.publish(source, flows[entity], chunk), retry)
+        while not event.wait(0.1):  # the broker acknowledged every record of the chunk
+            failed()
+        metrics.entity(entity).chunks_done += 1
+
+    try:
+        shared.work(handle, loaded.job.batch.source_workers, failed)
+    finally:
+        for source in opened[1:]:
+            source.close()

@@ -116,7 +116,7 @@ def sync(
                     state.update(lambda d: d.__setitem__(STREAM, {"position": position, "since": time.time()}))
                 report = StreamReport(loaded.name, "once" if once else schedule.describe())
                 if migrate_first and (state.get(migration.MIGRATION) or {}).get("status") != "done":
-                    report.migrated = migration.run_with(loaded, kafka, state, console, quiet)
+                    report.migrated = migration.run_with(loaded, kafka, state, console, quiet, explicit=False)
                 if not stop.is_set():
                     _Stream(loaded, kafka, state, reader, position, report, stop).run(
                         schedule, clock or SystemClock(), once, console, quiet

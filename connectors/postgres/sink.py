@@ -146,6 +146,11 @@ class PostgresSink(Sink):
             conn = self._connection()
             try:
                 conn.execute(ddl.key_ddl(target.table, opts.table, model))
+            except (psycopg.errors.DuplicateTable, psycopg.errors.InvalidTableDefinition):
+                conn.rollback()  # another worker of the job built it first
+                self._targets[entity] = ddl.inspect(conn, opts.schema_name, opts.table) or target
+                conn.commit()
+                return f"key on {opts.table} built by another worker"
             except psycopg.errors.UniqueViolation:
                 conn.rollback()
                 removed = conn.execute(ddl.dedupe_sql(target.table, model.key, self._configured_version(target, options))).rowcount

@@ -19,6 +19,7 @@ JOB = """
 name: {name}
 kafka:
   bootstrap_servers: {bootstrap}
+  session_timeout_ms: 2000
 source:
   connector: postgres
   config: {{dsn: "${{ERP_DSN}}", heartbeat_s: 1}}

@@ -91,3 +91,27 @@ def test_two_workers_share_a_job_and_one_stops_mid_stream(cli: Cli, dbs: Databas
     assert [e["lag"] for e in lines] == [{"shop": 0}] * 3  # every change consumed, by one worker or the other
     assert lines[0]["stream"]["slot"] == "kanal_erp_stream"
     cli.run("cleanup", "job.yaml", check=True)
+
+
+def test_a_second_worker_takes_a_share_of_the_snapshot(cli: Cli, dbs: Databases, broker: str) -> None:
+    erp.seed(dbs.erp, products=100_000)
+    job = erp.job(bootstrap=f'"{broker}"', extra="batch: {source_workers: 1}")
+    cli.write_job(job.replace("table: erp_stock,", "table: erp_stock, chunk_rows: 1000,"))
+    first = cli.start("-v", "run", "job.yaml", "--quiet")
+    first_log = Lines(first)
+    second = None
+    try:
+        wait_for(lambda: first_log.count("published stock_levels chunk") >= 3, 120, "the first chunks to be read")
+        second = cli.start("run", "job.yaml", "--quiet")
+        wait_for(lambda: first_log.count("shop: assigned") >= 2 and dbs.shop_sql(
+            "select count(*) from pg_indexes where tablename = 'shop_stock'")[0][0] == 1, 180, "the migration to finish")
+        wait_for(lambda: set(erp.differences(dbs.erp, dbs.shop).values()) == {0}, 60, "the shop to equal the ERP")
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=90) == 0, "".join(first_log.lines[-20:])
+    assert second is not None
+    out, err = second.communicate(timeout=90)
+    assert second.returncode == 0, err
+    assert "records read and delivered" in out  # it read chunks of the shared plan
