@@ -204,7 +204,7 @@ class SinkDelivery:
                 if paused:
                     consumer.resume(consumer.assignment())
                     paused = False
-                messages = consumer.consume(num_messages=500, timeout=0.1)
+                messages = consumer.consume(num_messages=100, timeout=0.1)
                 for msg in messages:
                     self._take(msg, pending)
                 now = time.monotonic()
@@ -270,7 +270,9 @@ class SinkDelivery:
         else:
             batch.add_frame(wire.decode_arrow(value))
         batch.metas.append(meta)
-        if batch.rows >= self.batch_rows or self.stable_batches:
+        if batch.rows >= self.batch_rows or (self.stable_batches and fmt != "json"):
+            # Stable batches: one bulk message per write. Delta records are batched like
+            # for any sink (a file per record would be absurd); their id is their offsets.
             self._dispatch(pending.pop(key))
 
     def _dispatch(self, batch: _Batch) -> None:

@@ -59,4 +59,5 @@ insert into erp_stock
 select 'ART-' || lpad(g::text, 6, '0'), l, (g * 7 + length(l)) % 500, (g % 7), ((g * 7 + length(l)) % 500) - (g % 7),
        timestamptz '2025-04-01' + g * interval '1 second'
 from generate_series(1, {products}) g, unnest(array[{locations}]) l;
+alter table erp_prices replica identity full;  -- no primary key: deletes need the whole old row
 analyze;

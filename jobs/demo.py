@@ -1,17 +1,21 @@
-"""`kanal demo`: a complete migration on one machine with nothing installed.
+"""`kanal demo`: a migration, then streaming changes, on one machine with nothing installed.
 
-Starts two throwaway PostgreSQL servers (pgserver): an "ERP" seeded with a
-wholesaler's data (at scale 1: 100k articles, 50k customers with billing and
-shipping addresses, 1.2M prices of which 900k are customer-specific and 200k
-tier prices, stock for three locations) and an empty "shop". Then it runs
-`examples/demo.yaml` through the embedded broker into the shop database and
-into Parquet files, with the live progress display and the final report.
+Starts two throwaway PostgreSQL servers (pgserver): an "ERP" (with
+`wal_level=logical`) seeded with a wholesaler's data (at scale 1: 100k
+articles, 50k customers with billing and shipping addresses, 1.2M prices of
+which 900k are customer-specific and 200k tier prices, stock for three
+locations) and an empty "shop". Then it runs `examples/demo.yaml` as `kanal
+run` would, through the embedded broker into the shop database and into
+Parquet files: the migration with its live progress and report, then a burst
+of ERP changes (stock and price updates, new articles, deletes) streamed by
+CDC, until the shop equals the ERP again.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -21,8 +25,11 @@ import psycopg
 from rich.console import Console
 
 from kanal.core.errors import KanalError
-from kanal.jobs.load import load_job
-from kanal.jobs.migrate import MigrationReport, migrate
+from kanal.core.state import StateStore
+from kanal.jobs.cleanup import cleanup
+from kanal.jobs.load import LoadedJob, load_job
+from kanal.jobs.migrate import MIGRATION, MigrationReport
+from kanal.jobs.stream import STREAM, StreamReport, sync
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 LOCATIONS = ("WH-BERLIN", "WH-HAMBURG", "STORE-MUNICH")
@@ -35,9 +42,48 @@ def _server(folder: Path):  # type: ignore[no-untyped-def]
         import pgserver  # type: ignore[import-untyped]
     except ImportError:
         raise KanalError("the demo needs pgserver: pip install 'kanal[embedded]'") from None
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o777)  # pgserver runs PostgreSQL as its own user when started by root
+    if not folder.exists():  # an existing data folder keeps the 0700 PostgreSQL insists on
+        folder.mkdir(parents=True)
+        folder.chmod(0o777)  # pgserver runs PostgreSQL as its own user when started by root
     return pgserver.get_server(folder, cleanup_mode="stop")
+
+
+def _logical(folder: Path):  # type: ignore[no-untyped-def]
+    """The ERP server with wal_level=logical: set once, then a restart applies it."""
+    server = _server(folder)
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        if conn.execute("show wal_level").fetchone() == ("logical",):
+            return server
+        conn.execute("alter system set wal_level = logical")
+    server.cleanup()
+    return _server(folder)
+
+
+CHANGES = """
+update erp_stock set on_hand = on_hand + 1, updated_at = now() where sku in (select item_no from erp_items order by item_no limit {n});
+update erp_prices set amount = amount * 1.05, updated_at = now()
+  where price_list = 'retail' and sku in (select item_no from erp_items order by item_no desc limit {n});
+insert into erp_items (item_no, item_name, base_unit, blocked, changed_at)
+  select 'NEW-' || g, 'New article ' || g, 'PCE', false, now() from generate_series(1, {new}) g;
+delete from erp_prices where price_list = 'contract' and sku in (select item_no from erp_items order by item_no limit {new});
+"""
+
+
+def _stream_changes(erp: str, loaded: LoadedJob, scale: float, console: Console) -> tuple[int, float]:
+    """Apply a burst of ERP changes while the job streams; wait until every one is delivered."""
+    n, new = max(10, int(5_000 * scale)), max(5, int(500 * scale))
+    with psycopg.connect(erp, autocommit=True) as conn:
+        started = time.monotonic()
+        counts = [conn.execute(sql).rowcount for sql in CHANGES.format(n=n, new=new).strip().split(";\n") if sql.strip()]
+    expected = sum(counts)
+    console.print(f"ERP: {expected:,} records changed (stock and price updates, new articles, deleted prices); streaming ...")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        delivered = sum(e.get("changes", 0) for e in (StateStore(loaded.state_dir).get(STREAM) or {}).get("entities", {}).values())
+        if delivered >= expected:
+            return delivered, time.monotonic() - started
+        time.sleep(0.05)
+    raise KanalError(f"the demo's {expected:,} changes were not all delivered within 120 s")
 
 
 def seed_sql(scale: float) -> str:
@@ -61,9 +107,9 @@ def run(
     console: Console,
     out: Console,
     present: Callable[[MigrationReport, str], None],
-) -> MigrationReport:
+) -> StreamReport:
     root = Path(folder).resolve()
-    erp_server, shop_server = _server(root / "erp-pg"), _server(root / "shop-pg")
+    erp_server, shop_server = _logical(root / "erp-pg"), _server(root / "shop-pg")
     try:
         erp, shop = _fresh_database(erp_server, "erp"), _fresh_database(shop_server, "shop")
         started = time.monotonic()
@@ -83,10 +129,39 @@ def run(
         shutil.rmtree(root / ".kanal", ignore_errors=True)
         shutil.rmtree(root / "parquet", ignore_errors=True)
         os.environ.update(ERP_DSN=erp, SHOP_DSN=shop, OUTPUT_DIR=str(root / "parquet"))
-        report = migrate(load_job(job), console=console)
-        present(report, str(job))
-        out.print(f"\nshop database: psql '{shop}'\nParquet files: {root / 'parquet'}")
-        out.print(f"job file: {job} (it reads ERP_DSN, SHOP_DSN and OUTPUT_DIR from the environment)")
+        loaded = load_job(job)
+        stop = threading.Event()
+        result: list[StreamReport | BaseException] = []
+
+        def stream() -> None:
+            try:
+                result.append(sync(loaded, migrate_first=True, stop=stop, console=console))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                result.append(exc)
+                stop.set()
+
+        runner = threading.Thread(target=stream, name="kanal-demo-run")
+        runner.start()
+        try:
+            while not stop.is_set() and (StateStore(loaded.state_dir).get(MIGRATION) or {}).get("status") != "done":
+                time.sleep(0.1)
+            changed = None if stop.is_set() else _stream_changes(erp, loaded, scale, console)
+        finally:
+            stop.set()
+            runner.join()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        report = result[0]
+        assert report.migrated is not None
+        present(report.migrated, str(job))
+        if changed:
+            out.print(f"\nthen streamed {changed[0]:,} ERP changes by CDC into both sinks in {changed[1]:.1f}s "
+                      f"(source commit to the last sink write)")
+        for line in cleanup(loaded):
+            console.print(line)
+        out.print(f"\nshop database: psql '{shop}'\nParquet files: {root / 'parquet'} (changes under <entity>/changes/)")
+        out.print(f"job file: {job} (it reads ERP_DSN, SHOP_DSN and OUTPUT_DIR from the environment); "
+                  "`kanal run` on it migrates and keeps streaming")
         return report
     finally:
         erp_server.cleanup()

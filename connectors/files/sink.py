@@ -6,6 +6,11 @@ Files have no upsert, so this sink is idempotent by naming: it declares
 `<batch_id>.<ext>`. A re-delivered batch replaces its own file instead of
 adding a second copy, and the atomic replace means a crash never leaves half
 a file under that name.
+
+Deltas are written as a change log under `<folder>/changes/`: files of
+records with their `_kanal_op` (upsert/delete) and `_kanal_version`. Delta batches are cut by
+time and size, so after a crash a re-delivered change may land in a second
+file; its key and version identify the repeat.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import polars as pl
 
 from kanal.connectors.files.config import FilesConfig, FilesSinkOptions, Format
 from kanal.connectors.files.formats import SUFFIXES, SYSTEM, disk_error, write
-from kanal.core.connector import EntityOptions, Sink, WriteResult
+from kanal.core.connector import OP, VERSION, EntityOptions, Sink, WriteResult
 from kanal.core.errors import BatchRejected, ConnectorError
 
 INTERNAL_PREFIX = "_kanal_"
@@ -66,9 +71,12 @@ class FilesSink(Sink):
 
     def write(self, entity: str, options: EntityOptions, frame: pl.DataFrame, batch_id: str) -> WriteResult:
         fmt = self.format(options)
-        folder = self.folder(entity, options)
+        changes = OP in frame.columns  # deltas: the files are a change log, keep operation and version
+        folder = self.folder(entity, options) / ("changes" if changes else "")
         target = folder / f"{file_stem(batch_id)}{SUFFIXES[fmt]}"
-        data = frame.drop([name for name in frame.columns if name.startswith(INTERNAL_PREFIX)])
+        data = frame.drop(
+            [n for n in frame.columns if n.startswith(INTERNAL_PREFIX) and not (changes and n in (OP, VERSION))]
+        )
         if data.height == 0:
             return WriteResult()
         encoding = self.config.encoding
