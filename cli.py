@@ -223,6 +223,11 @@ def _print_stream(report: StreamReport, job: str) -> None:
         _print_report(report.migrated, job)
     out.print(f"sync {report.job} ({report.schedule}): {report.changes:,} changes in {report.reads:,} reads, "
               f"{report.seconds:.1f}s; position {report.position}")
+    m = report.metrics
+    for name, c in sorted(m.entities.items()) if m else ():
+        if c.read:
+            written = ", ".join(f"{s} {c.written[s]:,}" + (f" ({c.skipped[s]:,} older)" if c.skipped[s] else "") for s in m.sinks)
+            out.print(f"  {name}: {c.read:,} changes read; written: {written}; dead letters {c.dead:,}")
 
 
 @main.command()

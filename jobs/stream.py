@@ -199,7 +199,7 @@ class _Stream:
                 for d in deliveries:
                     d.start()
                 for _ in fire_times(schedule, clock, self.stop):
-                    self._catch_up(publisher, producer, flows, deliveries)
+                    self._catch_up(publisher, flows, deliveries)
                     if once:
                         break
                     if isinstance(schedule, Continuous):
@@ -221,7 +221,7 @@ class _Stream:
         if (err := first_error(deliveries)) is not None:
             raise err
 
-    def _catch_up(self, publisher: Publisher, producer: BoundedProducer, flows: dict[str, SourceFlow], deliveries: list[SinkDelivery]) -> None:
+    def _catch_up(self, publisher: Publisher, flows: dict[str, SourceFlow], deliveries: list[SinkDelivery]) -> None:
         """Read until the source has nothing more, publishing and confirming as deliveries complete."""
         while not self.stop.is_set():
             while self.confirmations.pending >= _MAX_READS_IN_FLIGHT and not self.stop.is_set():
