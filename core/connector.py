@@ -191,6 +191,10 @@ class DeltaReader(ABC):
     def start(self) -> dict[str, Any]:
         """The current position, fixed *before* a snapshot begins (creating a slot if needed)."""
 
+    def resumable(self, position: dict[str, Any]) -> bool:
+        """Whether a stored `position` can still be read from (a dropped CDC slot cannot)."""
+        return True
+
     @abstractmethod
     def read(self, position: dict[str, Any]) -> Changes:
         """Changes after `position`, bounded in size; no frames when caught up."""

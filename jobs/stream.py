@@ -111,6 +111,13 @@ def sync(
                 position = call_with_retry(reader.start, loaded.job.errors.retry)
                 stored = state.get(STREAM)
                 if stored and stored.get("position"):
+                    if not reader.resumable(stored["position"]):
+                        raise ConfigError(
+                            f"{loaded.path}: the source no longer holds this job's stream position "
+                            f"({reader.describe(stored['position'])}; was the replication slot dropped?), so the "
+                            f"changes since then cannot be read. Run `kanal cleanup {loaded.path.name}` and "
+                            f"`kanal run {loaded.path.name}` to migrate again"
+                        )
                     position = stored["position"]
                 else:
                     state.update(lambda d: d.__setitem__(STREAM, {"position": position, "since": time.time()}))

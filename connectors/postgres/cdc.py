@@ -62,6 +62,7 @@ class CdcReader(DeltaReader):
         self._conn: psycopg.Connection | None = None
         self._decoder = Decoder()
         self._leader = False
+        self._created = False
         self._last_advance = time.monotonic()
 
     def _connection(self) -> psycopg.Connection:
@@ -107,6 +108,7 @@ class CdcReader(DeltaReader):
             if lsn is None:
                 try:
                     lsn = self._one("select lsn::text from pg_create_logical_replication_slot(%s, 'pgoutput')", (self.slot,))
+                    self._created = True
                 except psycopg.errors.DuplicateObject:  # another worker of the job created it just now
                     lsn = self._one("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s", (self.slot,))
         return {"lsn": lsn}
@@ -126,6 +128,10 @@ class CdcReader(DeltaReader):
                 f"captured (and PostgreSQL refuses deletes on published tables without one). Run "
                 f"ALTER TABLE {schema}.{table} REPLICA IDENTITY FULL; or give it a primary key"
             )
+
+    def resumable(self, position: dict[str, Any]) -> bool:
+        """A slot created just now cannot hold the changes since an earlier stored position."""
+        return not self._created
 
     # reading ---------------------------------------------------------------
 

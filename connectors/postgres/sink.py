@@ -128,10 +128,17 @@ class PostgresSink(Sink):
         names = ", ".join(f'"{c}"' for c in columns)
         with cur.copy(f"copy {stage} ({names}) from stdin {_COPY}") as copy:
             copy.write(_csv(frame.select(columns)))
-        match = " and ".join(f't."{c}" is not distinct from s."{c}"' for c in target.conflict)
+        cur.execute(f"analyze {stage}")  # a handful of keys: the planner should walk the key index
         guard = f' and (t."{version}" is null or s."{version}" >= t."{version}")' if version else ""
-        cur.execute(f"delete from {target.table} t using {stage} s where {match}{guard}")
-        deleted = cur.rowcount
+        deleted = 0
+        # `is not distinct from` cannot use an index; one statement per pattern of NULL key parts can.
+        for pattern in frame.select([pl.col(c).is_null() for c in target.conflict]).unique().iter_rows():
+            match = " and ".join(
+                f't."{c}" is null and s."{c}" is null' if null else f't."{c}" = s."{c}"'
+                for c, null in zip(target.conflict, pattern, strict=True)
+            )
+            cur.execute(f"delete from {target.table} t using {stage} s where {match}{guard}")
+            deleted += cur.rowcount
         cur.execute(f"truncate {stage}")
         return deleted
 

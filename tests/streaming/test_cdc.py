@@ -46,6 +46,18 @@ def test_deletes_and_update_then_delete_order(cli: Cli, dbs: Databases) -> None:
     cli.run("cleanup", "job.yaml", check=True)
 
 
+def test_a_dropped_slot_is_not_silently_recreated(cli: Cli, dbs: Databases) -> None:
+    erp.seed(dbs.erp, products=10)
+    cli.write_job(erp.job())
+    cli.run("sync", "job.yaml", "--once", "--quiet", check=True)
+    dbs.erp_sql("select pg_drop_replication_slot('kanal_erp_stream')")  # behind Kanal's back
+    proc = cli.run("sync", "job.yaml", "--once")
+    assert proc.returncode == 2
+    assert "no longer holds this job's stream position" in proc.stderr and "kanal cleanup" in proc.stderr
+    cli.run("cleanup", "job.yaml", check=True)
+    assert "0 changes" in cli.run("sync", "job.yaml", "--once", "--quiet", check=True).stdout
+
+
 def test_heartbeat_advances_the_slot_while_watched_tables_are_quiet(cli: Cli, dbs: Databases) -> None:
     erp.seed(dbs.erp, products=10)
     dbs.erp_sql("create table unrelated (id serial primary key, note text)")
