@@ -187,6 +187,9 @@ class Changes:
 class DeltaReader(ABC):
     """Reads changes after a position; never decides what counts as delivered."""
 
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Verify the source can stream (settings, rights) without creating anything; raise KanalError."""
+
     @abstractmethod
     def start(self) -> dict[str, Any]:
         """The current position, fixed *before* a snapshot begins (creating a slot if needed)."""

@@ -9,6 +9,7 @@ from kanal.core.errors import KanalError
 from kanal.core.kafka import KafkaConnection, quiet_rdkafka
 from kanal.jobs.load import LoadedJob
 from kanal.jobs.runtime import make_sink, make_source
+from kanal.jobs.stream import delta_context
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,25 @@ def _probe(system: str, connector: Source | Sink) -> CheckResult:
         connector.close()
 
 
+def _probe_deltas(loaded: LoadedJob) -> CheckResult:
+    """Whether the source can stream as configured (e.g. CDC's wal_level and replica identities)."""
+    deltas = [p.options.delta for p in loaded.source_entities.values() if p.options.delta is not None]
+    kinds = sorted({d if isinstance(d, str) else "cursor" for d in deltas})
+    system = f"source deltas ({', '.join(kinds)})"
+    source = make_source(loaded)
+    try:
+        reader = source.delta(delta_context(loaded))
+        try:
+            reader.check()
+        finally:
+            reader.close()
+        return CheckResult(system, True, "ready")
+    except KanalError as exc:
+        return CheckResult(system, False, exc.message)
+    finally:
+        source.close()
+
+
 def check(loaded: LoadedJob, verbose: bool = False) -> list[CheckResult]:
     results = []
     try:
@@ -36,6 +56,8 @@ def check(loaded: LoadedJob, verbose: bool = False) -> list[CheckResult]:
     except KanalError as exc:
         results.append(CheckResult("kafka", False, exc.message))
     results.append(_probe(f"source ({loaded.job.source.connector})", make_source(loaded)))
+    if any(p.options.delta is not None for p in loaded.source_entities.values()):
+        results.append(_probe_deltas(loaded))
     for plan in loaded.sinks:
         results.append(_probe(f"sink {plan.name} ({plan.connector.name})", make_sink(plan)))
     return results

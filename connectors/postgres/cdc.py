@@ -78,7 +78,7 @@ class CdcReader(DeltaReader):
 
     # setup -----------------------------------------------------------------
 
-    def start(self) -> dict[str, Any]:
+    def check(self) -> None:
         with translated(self.system):
             level = self._one("show wal_level")
             if level != "logical":
@@ -89,6 +89,10 @@ class CdcReader(DeltaReader):
                 )
             for schema, table in self.entities:
                 self._check_identity(schema, table)
+
+    def start(self) -> dict[str, Any]:
+        self.check()
+        with translated(self.system):
             tables = ", ".join(qualified(s, t) for s, t in self.entities)
             if self._one("select 1 from pg_publication where pubname = %s", (self.publication,)):
                 self._connection().execute(f'alter publication "{self.publication}" set table {tables}')

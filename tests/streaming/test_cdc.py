@@ -146,3 +146,6 @@ def test_wal_level_replica_is_refused_with_the_fix(replica_server: pg.Server, tm
     assert proc.returncode == 2
     assert "wal_level is 'replica'" in proc.stderr
     assert "ALTER SYSTEM SET wal_level = logical" in proc.stderr
+    checked = cli.run("check", "job.yaml")
+    assert checked.returncode == 1
+    assert "FAIL  source deltas (cdc)" in checked.stdout and "wal_level is 'replica'" in checked.stdout
