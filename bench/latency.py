@@ -1,7 +1,7 @@
 """End-to-end latency and throughput of Kanal's PostgreSQL CDC stream (`kanal run`, `delta: cdc`).
 
     .venv/bin/python bench/latency.py                      # 1,000 changes/s for 60 s, then 20 s flat out
-    .venv/bin/python bench/latency.py --rate 2000 --seconds 120 --burst-seconds 30
+    .venv/bin/python bench/latency.py --rate 2000 --seconds 90 --burst-seconds 10
     .venv/bin/python bench/latency.py --quick              # smoke run: 10k SKUs, 10 s + 2 s
 
 One run:
@@ -354,7 +354,10 @@ class Kanal:
         """Raise if Kanal has exited: every wait would otherwise run into its timeout."""
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise BenchError(f"kanal exited with {self.proc.returncode}:\n{tail(self.stderr, 20)}")
+            raise BenchError(
+                f"kanal exited early (exit code {self.proc.returncode}; the benchmark had not stopped it), "
+                f"its stderr:\n{tail(self.stderr, 20)}"
+            )
 
     def stop(self, timeout: float = 90.0) -> int | None:
         """SIGTERM (finish in-flight changes, exit 0); the whole group is killed if it hangs."""
@@ -480,6 +483,12 @@ class Applied:
     def changes(self) -> int:
         return self.updates + self.inserts + self.deletes
 
+    @property
+    def mix(self) -> str:
+        return (
+            f"{self.changes:,} changes ({self.updates:,} updates, {self.inserts:,} inserts, {self.deletes:,} deletes)"
+        )
+
 
 class ErpWriter:
     """Writes the changes of both phases on one autocommit connection.
@@ -504,9 +513,6 @@ class ErpWriter:
 
     def close(self) -> None:
         self.conn.close()
-
-    def distinct_keys(self) -> int:
-        return sum(len(p) for p in self.pools.values())
 
     def take(self, table: Table) -> tuple[Table, tuple[str, str]]:
         """A key no change has touched yet; from the other table if this one ran out."""
@@ -726,6 +732,7 @@ class Report:
     per_txn: int
     burst_seconds: float
     pg_version: str = "?"
+    revision: str = "?"  # of Kanal, when it started
     stock_rows: int = 0
     price_rows: int = 0
     migration_s: float | None = None
@@ -754,14 +761,9 @@ def run(args: argparse.Namespace, servers: LogicalServers, report: Report) -> No
         report.pg_version = scalar(conn, "show server_version")
     log(f"seeded {report.stock_rows:,} stock and {report.price_rows:,} price rows in {time.monotonic() - t0:.1f}s")
     writer = ErpWriter(erp, args.products, args.seed)
-    needed = round(args.rate * args.seconds)
-    if needed + 1 > writer.distinct_keys():
-        raise BenchError(
-            f"{needed:,} changes need as many distinct keys, the seed has {writer.distinct_keys():,}: "
-            f"raise --products to at least {math.ceil((needed + 1) / 4):,}"
-        )
     with temp_dir("kbench-latency-") as work:
         kanal = Kanal(work, erp, shop)
+        report.revision = kanal_revision()
         pid = kanal.start()
         try:
             sampler = TreeSampler(pid, interval=0.5)
@@ -804,8 +806,7 @@ def measure(
 
     # The stream starts after the migration; one change that arrives proves it is
     # live, so the latency phase does not measure its start-up.
-    (sku, location), sent = writer.probe()
-    key = (sku, location)
+    key, sent = writer.probe()
     with psycopg.connect(shop, autocommit=True) as conn:
         wait_until(
             "the first streamed change",
@@ -855,18 +856,22 @@ def machine_line() -> str:
     except OSError:
         pass
     mem = psutil.virtual_memory().total / 2**30
-    return f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB RAM, {system}"
 
 
 def kanal_revision() -> str:
-    """The commit measured, and whether the working tree differed from it (it changes often)."""
+    """The commit measured, and whether Kanal's code (bench/ aside) differed from it.
+
+    Read when Kanal starts: the tree may change while a long run goes on, and
+    the running process keeps the code it imported.
+    """
     try:
         head = subprocess.run(
             ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
         ).stdout.strip()
-        dirty = (
-            subprocess.run(["git", "-C", str(REPO_DIR), "diff", "--quiet", "HEAD", "--"], timeout=10).returncode != 0
-        )
+        diff = ["git", "-C", str(REPO_DIR), "diff", "--quiet", "HEAD", "--", ".", ":(exclude)bench"]
+        dirty = subprocess.run(diff, timeout=10).returncode != 0
     except (OSError, subprocess.SubprocessError):
         return "?"
     return f"{head}{' + uncommitted changes' if dirty else ''}" if head else "?"
@@ -876,16 +881,15 @@ def print_report(r: Report) -> None:
     print()
     print("Kanal CDC stream: PostgreSQL -> embedded Kafka -> PostgreSQL (`kanal run`, delta: cdc, heartbeat_s 1)")
     print(f"machine: {machine_line()}")
+    print(f"postgres: {r.pg_version} (pgserver), one server with databases erp and shop, wal_level=logical")
+    print(f"kanal commit: {r.revision}")
     print(
-        f"postgres: {r.pg_version} (pgserver), one server with databases erp and shop, wal_level=logical; kanal {kanal_revision()}"
-    )
-    print(
-        f"seed: {r.products:,} SKUs = {r.stock_rows:,} erp_stock + {r.price_rows:,} erp_prices rows (REPLICA IDENTITY FULL)"
+        f"seed: {r.products:,} SKUs = {r.stock_rows:,} erp_stock + {r.price_rows:,} erp_prices rows "
+        "(REPLICA IDENTITY FULL)"
     )
     if r.migration_s is not None:
-        print(
-            f"start-up + migration: {r.migration_s:.1f}s; first streamed change (probe): {r.probe_ms or math.nan:,.0f} ms"
-        )
+        probe = f"{r.probe_ms:,.0f} ms" if r.probe_ms is not None else "-"
+        print(f"start-up + migration: {r.migration_s:.1f}s; first streamed change (probe): {probe}")
     if r.peak_rss:
         print(f"peak RSS of kanal + embedded broker: {fmt_bytes(r.peak_rss)}")
 
@@ -898,8 +902,8 @@ def print_report(r: Report) -> None:
             "stock and prices alike; every change on its own key)"
         )
         print(
-            f"  applied   {a.changes:,} changes ({a.updates:,} updates, {a.inserts:,} inserts, {a.deletes:,} deletes) "
-            f"in {a.seconds:.1f}s = {a.changes / a.seconds:,.0f} changes/s (at most {a.behind_s * 1000:.0f} ms behind schedule)"
+            f"  applied   {a.mix} in {a.seconds:.1f}s = {a.changes / a.seconds:,.0f} changes/s "
+            f"(at most {a.behind_s * 1000:.0f} ms behind schedule)"
         )
         print(
             f"  measured  {len(r.samples):,} of {a.changes:,} changes"
@@ -926,18 +930,18 @@ def print_report(r: Report) -> None:
     if b is not None:
         print()
         print(
-            f"throughput phase: for {r.burst_seconds:.0f}s as fast as one connection writes (per round a {BURST_ROWS:,}-row "
-            f"UPDATE on each table, {BURST_SMALL}-row INSERTs and DELETEs; one statement per transaction)"
+            f"throughput phase: for {r.burst_seconds:.0f}s as fast as one connection writes (per round a "
+            f"{BURST_ROWS:,}-row UPDATE on each table, {BURST_SMALL}-row INSERTs and DELETEs; one statement per "
+            "transaction)"
         )
-        print(
-            f"  ERP wrote {b.changes:,} changes ({b.updates:,} updates, {b.inserts:,} inserts, {b.deletes:,} deletes) in {b.seconds:.1f}s = {b.changes / b.seconds:,.0f} changes/s"
-        )
+        print(f"  ERP wrote {b.mix} in {b.seconds:.1f}s = {b.changes / b.seconds:,.0f} changes/s")
         if r.burst_last_write is not None and b.first_commit is not None and b.ended is not None:
             span = (r.burst_last_write - b.first_commit).total_seconds()
             drained = (r.burst_last_write - b.ended).total_seconds()
             print(
-                f"  delivered all {b.changes:,} changes {span:.1f}s after the first commit = {b.changes / span:,.0f} changes/s "
-                f"sustained (the shop held the last one {drained:.1f}s after the ERP's last commit)"
+                f"  delivered all {b.changes:,} changes {span:.1f}s after the first commit = "
+                f"{b.changes / span:,.0f} changes/s sustained (the shop held the last one {drained:.1f}s after the "
+                "ERP's last commit)"
             )
         if r.burst_cpu is not None:
             print(f"  CPU       {r.burst_cpu.describe()}")
@@ -1009,6 +1013,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--rate, --seconds, --burst-seconds must be positive and --per-txn at least 1")
     if args.products < BURST_ROWS:
         ap.error(f"--products must be at least {BURST_ROWS}")
+    # Every change of the latency phase takes a key of its own (plus one for the
+    # probe); the seed has four keys per SKU.
+    needed = round(args.rate * args.seconds) + 1
+    if needed > 4 * args.products:
+        ap.error(f"{needed:,} changes need as many seeded keys: raise --products to {math.ceil(needed / 4):,}")
     return args
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import polars as pl
@@ -58,6 +58,28 @@ class Rejected:
     count: int
     first_key: str
     first_reason: str
+
+
+class _ReadAcks:
+    """Delivery reports of one read's records for one entity (called on the producer's poll thread only).
+
+    Counting here and reporting once, when the last record is acknowledged,
+    keeps locks and metrics out of the per-record path.
+    """
+
+    def __init__(self, publisher: Publisher, entity: str, read_id: str, expected: int) -> None:
+        self.publisher, self.entity, self.read_id, self.expected = publisher, entity, read_id, expected
+        self.acked = 0
+
+    def __call__(self, err: KafkaError | None) -> None:
+        if err is not None:
+            with self.publisher._lock:
+                self.publisher.send_errors.append(f"{self.entity} {self.read_id}: {err.str()}")
+            return
+        self.acked += 1
+        if self.acked == self.expected:
+            self.publisher.metrics.add(self.entity, "published", self.expected)
+            self.publisher.receipts.record_all(BROKER, self.entity, self.read_id)
 
 
 class Publisher:
@@ -123,14 +145,15 @@ class Publisher:
             (wire.H_SCHEMA, wire.SCHEMA_VERSION),
         ]
 
-        for index, record in enumerate(records):
-            acked = self._on_ack(name, read_id, index, 1)
-            headers = [*common, (wire.H_PART, str(index).encode()), (wire.H_OP, record.op), (wire.H_VERSION, record.version)]
-            if record.value is None:
-                headers.append((wire.H_RECORD, record.line))
-            self.producer.send(
-                flow.topic, record.value, key=record.key, partition=record.partition, headers=headers, on_ack=acked
-            )
+        def messages() -> Iterator[tuple[bytes, bytes | None, int, list[tuple[str, bytes]]]]:
+            for index, record in enumerate(records):
+                headers = [*common, (wire.H_PART, str(index).encode()), (wire.H_OP, record.op), (wire.H_VERSION, record.version)]
+                if record.value is None:
+                    headers.append((wire.H_RECORD, record.line))
+                yield record.key, record.value, record.partition, headers
+
+        if records:
+            self.producer.send_records(flow.topic, messages(), _ReadAcks(self, name, read_id, len(records)))
         log.debug("published %d %s changes of read %s", len(records), name, read_id)
 
     def _reject(self, flow: SourceFlow, chunk: Chunk, invalid: pl.DataFrame | None, replace: bool = True) -> int:

@@ -75,6 +75,22 @@ class Receipts:
         if done:
             self._on_done(entity, chunk, pending.rows, pending.dead)
 
+    def record_all(self, party: str, entity: str, chunk: str) -> None:
+        """A party took every part of an announced chunk (the broker acked all of a read)."""
+        if party not in self._sinks:
+            return
+        key = (entity, chunk)
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is None:
+                return
+            pending.written[party] = set(range(pending.parts))
+            done = self._complete(pending)
+            if done:
+                del self._pending[key]
+        if done:
+            self._on_done(entity, chunk, pending.rows, pending.dead)
+
     def _complete(self, pending: _Pending) -> bool:
         return all(len(pending.written.get(s, ())) >= pending.parts for s in self._sinks)
 

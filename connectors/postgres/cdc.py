@@ -63,6 +63,8 @@ class CdcReader(DeltaReader):
         self._decoder = Decoder()
         self._leader = False
         self._created = False
+        self._unconfirmed_rows = 0  # rows a peek returns before reaching new changes (the slot restarts there)
+        self._handed_out = 0
         self._last_advance = time.monotonic()
 
     def _connection(self) -> psycopg.Connection:
@@ -149,18 +151,23 @@ class CdcReader(DeltaReader):
         with translated(self.system):
             if not self._lead():
                 return Changes({}, position)  # another worker reads the slot; stand by
-            rows = self._connection().execute(
-                "select lsn::text, xid, data from pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
-                "'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
-                (self.slot, self.config.delta_rows, self.publication),
-            ).fetchall()
             changes: list[Change] = []
             end = after
-            for txn in self._decoder.transactions(rows):
-                if txn.end_lsn <= after:
-                    continue  # handed out earlier, not yet confirmed
-                changes.extend(txn.changes)
-                end = txn.end_lsn
+            limit = self.config.delta_rows + self._unconfirmed_rows
+            while True:
+                rows = self._connection().execute(
+                    "select lsn::text, xid, data from pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
+                    "'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
+                    (self.slot, limit, self.publication),
+                ).fetchall()
+                for txn in self._decoder.transactions(rows, after):
+                    changes.extend(txn.changes)
+                    end = txn.end_lsn
+                if changes or len(rows) < limit:
+                    break
+                limit *= 2  # only changes handed out before fit under the limit: look further
+            self._unconfirmed_rows = len(rows)
+            self._handed_out = end
             if end == after and time.monotonic() - self._last_advance >= self.config.heartbeat_s:
                 self._connection().execute("select pg_logical_emit_message(true, 'kanal.heartbeat', '')")
                 self._last_advance = time.monotonic()
@@ -225,6 +232,8 @@ class CdcReader(DeltaReader):
         with translated(self.system):
             if self._lead():
                 self._connection().execute("select pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, position["lsn"]))
+                if lsn_int(position["lsn"]) >= self._handed_out:
+                    self._unconfirmed_rows = 0  # the next peek starts at new changes
 
     def describe(self, position: dict[str, Any]) -> str:
         return f"LSN {position['lsn']}"

@@ -99,37 +99,42 @@ class Decoder:
     def __init__(self) -> None:
         self.relations: dict[int, Relation] = {}
 
-    def transactions(self, rows: Iterable[tuple[str, object, bytes]]) -> Iterator[Transaction]:
+    def transactions(self, rows: Iterable[tuple[str, object, bytes]], after: int = 0) -> Iterator[Transaction]:
+        """The committed transactions in `rows` that end after LSN `after`.
+
+        Earlier ones (handed out before, not yet confirmed, so peeked again)
+        are skipped without decoding their rows: only relations are kept.
+        """
         current: Transaction | None = None
+        skipping = False
         for lsn, _xid, data in rows:
-            data = bytes(data)
             kind = chr(data[0])
-            r = _Reader(data)
             if kind == "B":
-                current = Transaction()
+                # final_lsn is where the commit record starts: before `after` means it ended there too
+                skipping = struct.unpack_from("!q", data, 1)[0] < after
+                current = None if skipping else Transaction()
             elif kind == "C":
-                r.byte()  # flags
-                r.int("!q", 8)  # commit lsn
-                assert current is not None
-                current.end_lsn = r.int("!q", 8)
-                yield current
+                if current is not None:
+                    current.end_lsn = struct.unpack_from("!q", data, 10)[0]
+                    yield current
                 current = None
             elif kind == "R":
-                oid = r.int("!I", 4)
-                schema, name, identity = r.string(), r.string(), r.byte()
-                columns, types, key = [], [], []
-                for i in range(r.int("!h", 2)):
-                    if r.int("!b", 1) & 1:  # flag 1: part of the replica identity
-                        key.append(i)
-                    columns.append(r.string())
-                    types.append(r.int("!I", 4))
-                    r.int("!i", 4)  # type modifier
-                self.relations[oid] = Relation(
-                    oid, schema or "pg_catalog", name, identity, tuple(columns), tuple(types), tuple(key)
-                )
+                self._relation(_Reader(bytes(data)))
             elif kind in "IUD" and current is not None:
-                current.changes.append(self._change(kind, r, lsn_int(lsn)))
+                current.changes.append(self._change(kind, _Reader(bytes(data)), lsn_int(lsn)))
             # 'Y' types, 'O' origins, 'M' messages (heartbeats) and 'T' truncates carry no rows
+
+    def _relation(self, r: _Reader) -> None:
+        oid = r.int("!I", 4)
+        schema, name, identity = r.string(), r.string(), r.byte()
+        columns, types, key = [], [], []
+        for i in range(r.int("!h", 2)):
+            if r.int("!b", 1) & 1:  # flag 1: part of the replica identity
+                key.append(i)
+            columns.append(r.string())
+            types.append(r.int("!I", 4))
+            r.int("!i", 4)  # type modifier
+        self.relations[oid] = Relation(oid, schema or "pg_catalog", name, identity, tuple(columns), tuple(types), tuple(key))
 
     def _change(self, kind: str, r: _Reader, lsn: int) -> Change:
         relation = self.relations[r.int("!I", 4)]
