@@ -181,7 +181,6 @@ class KafkaConnection:
                 "session.timeout.ms": self.settings.session_timeout,
                 "heartbeat.interval.ms": max(300, self.settings.session_timeout // 5),
                 "fetch.max.bytes": 16 * 1024 * 1024,
-                "fetch.wait.max.ms": 50,  # deltas trickle in: librdkafka's 500 ms default adds to latency
                 "queued.max.messages.kbytes": 4 * 1024,
             }
         )
