@@ -21,7 +21,7 @@ class PostgresConfig(FrozenModel):
     heartbeat_s: float = Field(
         10.0, gt=0, le=3600, description="CDC: when watched tables are quiet, advance the slot this often"
     )
-    delta_rows: int = Field(20_000, ge=100, le=1_000_000, description="changes per read (bounds memory)")
+    delta_rows: int = Field(50_000, ge=100, le=1_000_000, description="changes per read (bounds memory)")
 
     @field_validator("dsn")
     @classmethod
