@@ -648,3 +648,16 @@ if __name__ == "__main__":
             print(conn.execute("select count(distinct sku), count(distinct customer_no) from erp_prices").fetchone())
             for r in conn.execute("select * from erp_prices order by sku, customer_no nulls first limit 6"):
                 print(r)
+
+
+def wait_idle(seconds: float, idle_load: float, poll_s: float = 2.0) -> float:
+    """Wait (up to `seconds`) until the 1-minute load average drops below `idle_load`.
+
+    Figures on a small shared machine suffer from any other load; returns the last reading.
+    """
+    deadline = time.monotonic() + seconds
+    load = os.getloadavg()[0]
+    while load > idle_load and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        load = os.getloadavg()[0]
+    return load

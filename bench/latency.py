@@ -75,6 +75,7 @@ from common import (  # noqa: E402
     server_cpu_seconds,
     tail,
     temp_dir,
+    wait_idle,
 )
 
 JOB_NAME = "bench-latency"
@@ -1019,17 +1020,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if needed > 4 * args.products:
         ap.error(f"{needed:,} changes need as many seeded keys: raise --products to {math.ceil(needed / 4):,}")
     return args
-
-
-def wait_idle(seconds: float, idle_load: float) -> float:
-    """Latency suffers from any other load on a small machine: wait (up to `seconds`)
-    until the 1-minute load average is below `idle_load`; return the last reading."""
-    deadline = time.monotonic() + seconds
-    load = os.getloadavg()[0]
-    while load > idle_load and time.monotonic() < deadline:
-        time.sleep(5)
-        load = os.getloadavg()[0]
-    return load
 
 
 def main(argv: list[str] | None = None) -> int:

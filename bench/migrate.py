@@ -71,6 +71,7 @@ from common import (  # noqa: E402
     server_cpu_seconds,
     tail,
     temp_dir,
+    wait_idle,
 )
 
 METHODS = ("copy", "copy-late-index", "dlt", "kanal")
@@ -368,17 +369,8 @@ class Bench:
                 result.details["kept"] = str(keep)
         return result
 
-    def wait_idle(self) -> float:
-        """Wait (up to --wait-idle s) for the 1-minute load average to drop below --idle-load."""
-        deadline = time.monotonic() + self.args.wait_idle
-        load = os.getloadavg()[0]
-        while load > self.args.idle_load and time.monotonic() < deadline:
-            time.sleep(2)
-            load = os.getloadavg()[0]
-        return load
-
     def run(self, method: str, repeat: int) -> Result:
-        load = self.wait_idle()
+        load = wait_idle(self.args.wait_idle, self.args.idle_load)
         log(f"{method}: run {repeat + 1}/{self.args.repeat} ({self.rows} rows, load average {load:.2f})")
         try:
             runners = {

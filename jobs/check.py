@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kanal.core.connector import Sink, Source
+from kanal.core.connector import DeltaReader, Sink, Source
 from kanal.core.errors import KanalError
 from kanal.core.kafka import KafkaConnection, quiet_rdkafka
 from kanal.jobs.load import LoadedJob
@@ -19,10 +19,10 @@ class CheckResult:
     detail: str
 
 
-def _probe(system: str, connector: Source | Sink) -> CheckResult:
+def _probe(system: str, connector: Source | Sink | DeltaReader, what: str = "reachable") -> CheckResult:
     try:
         connector.check()
-        return CheckResult(system, True, "reachable")
+        return CheckResult(system, True, what)
     except KanalError as exc:
         return CheckResult(system, False, exc.message)
     finally:
@@ -32,16 +32,10 @@ def _probe(system: str, connector: Source | Sink) -> CheckResult:
 def _probe_deltas(loaded: LoadedJob) -> CheckResult:
     """Whether the source can stream as configured (e.g. CDC's wal_level and replica identities)."""
     deltas = [p.options.delta for p in loaded.source_entities.values() if p.options.delta is not None]
-    kinds = sorted({d if isinstance(d, str) else "cursor" for d in deltas})
-    system = f"source deltas ({', '.join(kinds)})"
+    system = f"source deltas ({', '.join(sorted({d if isinstance(d, str) else 'cursor' for d in deltas}))})"
     source = make_source(loaded)
     try:
-        reader = source.delta(delta_context(loaded))
-        try:
-            reader.check()
-        finally:
-            reader.close()
-        return CheckResult(system, True, "ready")
+        return _probe(system, source.delta(delta_context(loaded)), "ready")
     except KanalError as exc:
         return CheckResult(system, False, exc.message)
     finally:

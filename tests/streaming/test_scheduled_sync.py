@@ -22,13 +22,11 @@ class ScriptedClock:
     def __init__(self, start: datetime, fires: int, before_wake: Callable[[int], None]) -> None:
         self.current, self.fires, self.before_wake = start, fires, before_wake
         self.wakes: list[datetime] = []
-        self.sleeps = 0
 
     def now(self) -> datetime:
         return self.current
 
     def sleep_until(self, when: datetime, stop: threading.Event) -> bool:
-        self.sleeps += 1
         if len(self.wakes) + 1 >= self.fires:
             stop.set()
             return False
