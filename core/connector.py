@@ -198,6 +198,17 @@ class DeltaReader(ABC):
         """Whether a stored `position` can still be read from (a dropped CDC slot cannot)."""
         return True
 
+    def snapshot_version(self, entity: str, position: dict[str, Any]) -> pl.Expr | None:
+        """The version snapshot rows of `entity` carry, over the source's columns.
+
+        `position` is what `start` returned before the snapshot. A snapshot
+        taken after it is at least as new as every change up to it, so its
+        rows must compare as not older than those changes (CDC: the start
+        LSN) and older than every change after it; a cursor reader returns
+        its cursor column. None: snapshot rows carry no version.
+        """
+        return None
+
     @abstractmethod
     def read(self, position: dict[str, Any]) -> Changes:
         """Changes after `position`, bounded in size; no frames when caught up."""
@@ -240,6 +251,21 @@ class Source(ABC):
     @abstractmethod
     def snapshot(self, entity: str, options: EntityOptions, chunk: Chunk) -> Iterator[pl.DataFrame]:
         """Yield the rows of one chunk as frames (bounded in size)."""
+
+    def export_snapshot(self) -> str | None:
+        """Open one consistent snapshot for a whole migration; a token other instances `join_snapshot`.
+
+        Called once on the first source instance before any chunk is read;
+        the snapshot stays open until `release_snapshot`. None: the source
+        cannot share one (each chunk then reads at its own moment).
+        """
+        return None
+
+    def join_snapshot(self, token: str) -> None:  # noqa: B027 - optional hook
+        """Read the following chunks in the snapshot `token` (from `export_snapshot` of another instance)."""
+
+    def release_snapshot(self) -> None:  # noqa: B027 - optional hook
+        """Close what `export_snapshot` opened (every chunk is read, or the run failed)."""
 
     def delta(self, context: DeltaContext) -> DeltaReader:
         """A reader of changes for the entities of `context` (capability `delta`)."""
