@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
 import polars as pl
 import psycopg
@@ -14,24 +15,33 @@ _TEMPORAL = ("timestamp with time zone", "timestamp without time zone", "date")
 
 
 def read_rows(
-    conn: psycopg.Connection, where: str, opts: PostgresSourceOptions, columns: list[tuple[str, str]], condition: str, tail: str = ""
+    conn: psycopg.Connection,
+    where: str,
+    opts: PostgresSourceOptions,
+    columns: list[tuple[str, str]],
+    condition: str,
+    tail: str = "",
+    computed: Mapping[str, str] | None = None,
 ) -> pl.DataFrame:
     """`select` the rows matching `condition` through COPY, parsed by polars in one call.
 
     Timestamps and dates leave the server as epoch microseconds ('infinity',
     an open-ended valid_to, has none and becomes NULL: "no end").
+    `computed` adds text columns (name -> SQL expression), e.g. a tiebreak.
     """
+    computed = computed or {}
     select = ", ".join(
         f'case when isfinite("{name}") then (extract(epoch from "{name}") * 1000000)::int8 end'
         if dtype in _TEMPORAL
         else f'"{name}"'
         for name, dtype in columns
     )
+    select += "".join(f", {expression}" for expression in computed.values())
     sql = (
         f"COPY (select {select} from {qualified(opts.schema_name, opts.table)} where {condition}{tail}) "
         "TO STDOUT (FORMAT csv, NULL '\\N')"
     )
-    names = [name for name, _ in columns]
+    names = [name for name, _ in columns] + list(computed)
     temporal = [name for name, dtype in columns if dtype in _TEMPORAL]
     buf = io.BytesIO()
     with translated(where), conn.cursor().copy(sql) as copy:

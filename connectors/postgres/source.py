@@ -5,6 +5,12 @@ directly): they need no index, split any table evenly whatever its key looks
 like (composite, NULL parts, text), and each chunk reads exactly its pages.
 The last chunk is open-ended so rows appended after planning are not missed.
 
+A migration reads one consistent snapshot: the first instance exports it
+(`pg_export_snapshot()` in a REPEATABLE READ transaction it holds open until
+`release_snapshot`) and every instance reads each chunk in its own REPEATABLE
+READ transaction that joins it. Chunks read at different moments would lose
+a row that an UPDATE moves from a chunk not read yet into one already read.
+
 Rows leave the server as CSV through `COPY ... TO STDOUT` and are parsed by
 polars in one call per chunk: no Python runs per row. Timestamps are sent as
 epoch microseconds (integers parse far faster than dates) and typed here.
@@ -12,24 +18,27 @@ epoch microseconds (integers parse far faster than dates) and typed here.
 
 from __future__ import annotations
 
-import io
 import math
+import re
 from collections.abc import Iterator
 from typing import ClassVar
 
 import polars as pl
 import psycopg
+from psycopg import sql
 
-from kanal.connectors.postgres.config import PostgresConfig, PostgresSourceOptions
-from kanal.connectors.postgres.db import connect, describe, qualified, translated
 from kanal.connectors.postgres.cdc import CdcReader
+from kanal.connectors.postgres.config import PostgresConfig, PostgresSourceOptions
+from kanal.connectors.postgres.cursor import PostgresCursorReader
+from kanal.connectors.postgres.db import connect, describe, qualified, translated
 from kanal.connectors.postgres.rows import read_rows
-from kanal.connectors.postgres.cursor import CursorReader
-from kanal.core.connector import Chunk, DeltaContext, DeltaKind, DeltaReader, EntityInfo, EntityOptions, Source
-from kanal.core.errors import ConfigError
+from kanal.core.connector import Chunk, CursorDelta, DeltaContext, DeltaReader, EntityInfo, EntityOptions, Source
+from kanal.core.delta import combined, split_context
+from kanal.core.errors import ConfigError, ConnectorError
 from kanal.core.model import ENTITIES
 
 _MAX_FRAME_ROWS = 200_000
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 
 
 class PostgresSource(Source):
@@ -40,6 +49,8 @@ class PostgresSource(Source):
         super().__init__(config)
         self.system = describe(config)
         self._conn: psycopg.Connection | None = None
+        self._exporter: psycopg.Connection | None = None
+        self._snapshot: str | None = None
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -102,29 +113,91 @@ class PostgresSource(Source):
         if opts.where:
             conditions.append(f"({opts.where})")
         where = f"{self.system} ({opts.schema_name}.{opts.table}, chunk {chunk.id})"
-        frame = read_rows(self._connection(), where, opts, self._columns(opts), " and ".join(conditions))
+        columns, condition = self._columns(opts), " and ".join(conditions)
+        if self._snapshot is None:
+            frame = read_rows(self._connection(), where, opts, columns, condition)
+        else:
+            with translated(where), self._connection().transaction():
+                self._enter_snapshot(self._snapshot)
+                frame = read_rows(self._connection(), where, opts, columns, condition)
         for offset in range(0, frame.height, _MAX_FRAME_ROWS):
             yield frame.slice(offset, _MAX_FRAME_ROWS)
 
+    # one consistent snapshot per migration -----------------------------------
+
+    def export_snapshot(self) -> str:
+        """Hold a REPEATABLE READ transaction open on a connection of its own and export its snapshot.
+
+        It only reads, so it holds no cursor delta back (see `cursor`); the
+        session's idle-in-transaction timeout is lifted for it, since it
+        waits idle while the chunks are read on other connections.
+        """
+        self.release_snapshot()
+        with translated(self.system):
+            conn = connect(self.config)
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            conn.execute("set idle_in_transaction_session_timeout = 0")
+            row = conn.execute("select pg_export_snapshot()").fetchone()
+        assert row is not None
+        self._exporter, self._snapshot = conn, str(row[0])
+        return self._snapshot
+
+    def join_snapshot(self, token: str) -> None:
+        if not _SNAPSHOT_ID.match(token):
+            raise ConfigError(f"{self.system}: {token!r} is not a PostgreSQL snapshot id (from pg_export_snapshot)")
+        self._snapshot = token
+
+    def release_snapshot(self) -> None:
+        if self._exporter is not None:
+            self._exporter.close()  # ends the transaction: the snapshot is gone
+            self._exporter = None
+        self._snapshot = None
+
+    def _enter_snapshot(self, token: str) -> None:
+        """Make the transaction just begun on the source's connection read in snapshot `token`."""
+        conn = self._connection()
+        conn.execute("set transaction isolation level repeatable read, read only")
+        try:
+            conn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(token)))
+        except (psycopg.errors.InvalidParameterValue, psycopg.errors.ObjectNotInPrerequisiteState) as exc:
+            raise ConnectorError(
+                self.system,
+                f"the migration's snapshot {token} is no longer open (the session that exported it ended: "
+                f"{str(exc).strip()}); run the migration again: it resumes with the chunks not yet written",
+            ) from None
+
+    # deltas ------------------------------------------------------------------
+
     def delta(self, context: DeltaContext) -> DeltaReader:
-        kinds = {type(o.delta).__name__ if not isinstance(o.delta, str) else o.delta for o in context.entities.values()}
-        if kinds == {"cdc"}:
-            return CdcReader(self.config, self.system, context)
-        if kinds == {"CursorDelta"}:
-            return CursorReader(self, context)
+        """One reader per way of streaming (CDC, cursor), combined when a job uses both."""
+        parts = split_context(context, self._delta_kind)
+        return combined({kind: (self._delta_reader(kind, part), part) for kind, part in parts.items()})
+
+    def _delta_reader(self, kind: str, context: DeltaContext) -> DeltaReader:
+        return CdcReader(self.config, self.system, context) if kind == "cdc" else PostgresCursorReader(self, context)
+
+    def _delta_kind(self, entity: str, options: EntityOptions) -> str:
+        if options.delta == "cdc":
+            return "cdc"
+        if isinstance(options.delta, CursorDelta):
+            return "cursor"
         raise ConfigError(
-            f"{self.system}: the postgres source reads either delta: cdc or delta: {{cursor: ...}} for all "
-            f"entities of a job, not a mix ({', '.join(sorted(kinds))})"
+            f"{self.system}: {entity}: the postgres source streams with delta: cdc or delta: {{cursor: <column>}}, "
+            f"not delta: {options.delta}"
         )
 
     def cleanup(self, context: DeltaContext) -> list[str]:
-        reader = CdcReader(self.config, self.system, context)
+        """Drop the job's slot and publication (whatever its entities stream by now: a slot left behind keeps WAL)."""
+        cdc = {e: o for e, o in context.entities.items() if o.delta == "cdc"}
+        reader = CdcReader(self.config, self.system, DeltaContext(context.job, cdc))
         try:
             return reader.cleanup()
         finally:
             reader.close()
 
     def close(self) -> None:
+        self.release_snapshot()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
+import psycopg
+import pytest
+
 from kanal.connectors.postgres import PostgresConfig, PostgresSource, PostgresSourceOptions
 from kanal.core.connector import CursorDelta, DeltaContext
+from kanal.core.errors import ConfigError
 from tests.conftest import Cli, Databases
 from tests.streaming import erp
 
@@ -68,3 +74,75 @@ def test_cursor_sync_end_to_end(cli: Cli, dbs: Databases) -> None:
     assert diff == {"products": 0, "prices": 0, "stock": 0}
     again = cli.run("sync", "job.yaml", "--once", "--quiet", check=True)
     assert "0 changes" in again.stdout  # the overlap re-reads rows; none is handed out twice
+
+
+def _keys(changes) -> list[tuple[str, str]]:
+    frame = changes.frames.get("stock_levels")
+    return [] if frame is None else sorted(frame.select("sku", "location").rows())
+
+
+def test_a_row_stamped_in_the_future_does_not_hide_later_changes(dbs: Databases) -> None:
+    """The stored cursor never passes the source's clock; the future row is handed out once."""
+    _aged(dbs, 5)
+    source, reader = _reader(dbs, overlap_s=1)
+    try:
+        position = reader.start()
+        dbs.erp_sql("update erp_stock set on_hand = 1, updated_at = now() + interval '1 day' where sku = 'P1' and location = 'A'")
+        first = reader.read(position)
+        assert _keys(first) == [("P1", "A")]
+        dbs.erp_sql("update erp_stock set on_hand = 2, updated_at = clock_timestamp() where sku = 'P2' and location = 'A'")
+        second = reader.read(first.position)
+        assert _keys(second) == [("P2", "A")]  # found, and the future row is not sent again
+        assert reader.read(second.position).frames == {}
+    finally:
+        reader.close()
+        source.close()
+
+
+def test_a_transaction_open_longer_than_the_overlap_is_reported_and_its_rows_found(dbs: Databases) -> None:
+    """Rows carry their transaction's start (`now()`): the cursor waits for a writing transaction still open."""
+    _aged(dbs, 5)
+    source, reader = _reader(dbs, overlap_s=0)
+    try:
+        position = reader.start()
+        with psycopg.connect(dbs.erp, autocommit=True, application_name="erp-batch") as batch, batch.transaction():
+            batch.execute("update erp_stock set on_hand = 5, updated_at = now() where sku = 'P1' and location = 'A'")
+            dbs.erp_sql("update erp_stock set on_hand = 6, updated_at = clock_timestamp() where sku = 'P2' and location = 'A'")
+            first = reader.read(position)
+            assert _keys(first) == [("P2", "A")]
+            with pytest.raises(ConfigError, match=r"erp-batch.*overlap_s of stock_levels.*raise `overlap_s`"):
+                reader.check()
+            assert "erp-batch" in reader.status()["long transactions"]
+        second = reader.read(first.position)  # the batch committed rows older than the newest cursor seen
+        assert _keys(second) == [("P1", "A")]
+        assert reader.status()["long transactions"] == "none"
+    finally:
+        reader.close()
+        source.close()
+
+
+def test_more_rows_than_a_page_sharing_one_timestamp_are_paged_once_each(dbs: Databases) -> None:
+    """A bulk update stamps every row with one `now()`; pages continue after the last (cursor, tiebreak)."""
+    _aged(dbs, 170)
+    source = PostgresSource(PostgresConfig(dsn=dbs.erp, delta_rows=100))
+    options = PostgresSourceOptions(table="erp_stock", delta=CursorDelta(cursor="updated_at", overlap_s=60))
+    context = DeltaContext("cursor-test", {"stock_levels": options})
+    reader = source.delta(context)
+    try:
+        position = reader.start()
+        dbs.erp_sql("update erp_stock set on_hand = 3, updated_at = now()")
+        keys: list[tuple[str, str]] = []
+        for _ in range(10):
+            changes = reader.read(position)
+            assert changes.rows <= 100
+            keys += _keys(changes)
+            position = json.loads(json.dumps(changes.position))  # as stored: a restart resumes mid-page
+            if not changes.rows:
+                break
+            reader.close()
+            reader = source.delta(context)
+        assert sorted(keys) == sorted(dbs.erp_sql("select sku, location from erp_stock"))
+        assert len(keys) == 340
+    finally:
+        reader.close()
+        source.close()
