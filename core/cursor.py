@@ -14,7 +14,9 @@ filter. Everything that makes polling lose nothing lives here:
 * **Re-reads.** Rows read again inside that window are recognised by a hash
   of their content and dropped, so the overlap costs reads, never
   duplicates. The hashes of the rows inside the window travel in the
-  position: a restarted job hands nothing out twice either.
+  position: a restarted job hands nothing out twice either (polars keeps
+  its row hash stable within a version; after an upgrade the window's rows
+  may go out once more, which the sinks' version check makes harmless).
 * **Paging.** When a page is full, the next read continues strictly after its
   last (cursor, tiebreak) pair, so any number of rows sharing one cursor
   value (a bulk update stamps them all with one `now()`) pass in pages.
@@ -134,8 +136,8 @@ class CursorReader(DeltaReader):
             )
             full = rows.height >= self.page_rows
             window.after = (int(rows.get_column(VERSION)[-1]), str(rows.get_column(TIEBREAK)[-1])) if full else None
-            newest = rows.get_column(VERSION).max() if not rows.is_empty() else None
-            window.mark = min(max(window.mark, int(newest)) if newest is not None else window.mark, page.clock)  # type: ignore[arg-type]
+            newest = window.mark if rows.is_empty() else max(window.mark, int(rows.get_column(VERSION).max()))  # type: ignore[arg-type]
+            window.mark = min(newest, page.clock)
             fresh = rows.filter(~pl.col(_HASH).is_in(window.seen.get_column(_HASH).implode()))
             window.seen = (
                 pl.concat([window.seen, fresh.select(_HASH, VERSION)])

@@ -121,11 +121,16 @@ def test_a_transaction_open_longer_than_the_overlap_is_reported_and_its_rows_fou
         source.close()
 
 
-def test_more_rows_than_a_page_sharing_one_timestamp_are_paged_once_each(dbs: Databases) -> None:
-    """A bulk update stamps every row with one `now()`; pages continue after the last (cursor, tiebreak)."""
+@pytest.mark.parametrize("table", ["erp_stock", "erp_stock_view"])
+def test_more_rows_than_a_page_sharing_one_timestamp_are_paged_once_each(dbs: Databases, table: str) -> None:
+    """A bulk update stamps every row with one `now()`; pages continue after the last (cursor, tiebreak).
+
+    A view has neither key nor ctid: the tiebreak (the row's md5) needs neither.
+    """
     _aged(dbs, 170)
+    dbs.erp_sql("create view erp_stock_view as select * from erp_stock")
     source = PostgresSource(PostgresConfig(dsn=dbs.erp, delta_rows=100))
-    options = PostgresSourceOptions(table="erp_stock", delta=CursorDelta(cursor="updated_at", overlap_s=60))
+    options = PostgresSourceOptions(table=table, delta=CursorDelta(cursor="updated_at", overlap_s=60))
     context = DeltaContext("cursor-test", {"stock_levels": options})
     reader = source.delta(context)
     try:
@@ -146,3 +151,17 @@ def test_more_rows_than_a_page_sharing_one_timestamp_are_paged_once_each(dbs: Da
     finally:
         reader.close()
         source.close()
+
+
+def test_kanal_check_and_status_name_a_transaction_longer_than_the_overlap(cli: Cli, dbs: Databases) -> None:
+    _aged(dbs, 5)
+    cli.write_job(erp.job(delta="{cursor: updated_at, overlap_s: 0}"))
+    cli.run("sync", "job.yaml", "--once", "--quiet", check=True)
+    assert "ready" in cli.run("check", "job.yaml", check=True).stdout
+    with psycopg.connect(dbs.erp, autocommit=True, application_name="erp-batch") as batch, batch.transaction():
+        batch.execute("update erp_stock set on_hand = 5, updated_at = now() where sku = 'P1'")
+        checked = cli.run("check", "job.yaml")
+        status = cli.run("status", "job.yaml", "--json")
+    assert checked.returncode != 0
+    assert "erp-batch" in checked.stdout and "raise `overlap_s`" in " ".join(checked.stdout.split())
+    assert "erp-batch" in status.stdout and "longer than overlap_s" in status.stdout
