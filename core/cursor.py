@@ -111,8 +111,10 @@ class CursorReader(DeltaReader):
         cursors, seen, after = dict(position["cursors"]), dict(position.get("seen", {})), dict(position.get("after", {}))
         frames = {}
         for entity, delta in self.cursors.items():
-            mark = after.get(entity)
-            window = _Window(int(cursors.get(entity, 0)), (int(mark[0]), str(mark[1])) if mark else None, self._seen(entity, seen))
+            paging = after.get(entity)
+            window = _Window(
+                int(cursors.get(entity, 0)), (int(paging[0]), str(paging[1])) if paging else None, self._seen(entity, seen)
+            )
             fresh = self._read_entity(entity, delta, window)
             if not fresh.is_empty():
                 frames[entity] = fresh
