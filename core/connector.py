@@ -107,12 +107,18 @@ class Capabilities:
     supports_deletes: bool = False
     delta: tuple[DeltaKind, ...] = (DeltaKind.NONE,)
     max_batch_rows: int | None = None
+    """Sink: the most rows one `write` call receives; the engine writes larger
+    batches in pieces, in order (per-key order holds)."""
     rate_limit_per_s: float | None = None
+    """Sink: the most `write` calls per second, across all writer threads of
+    the sink (bisecting a refused batch makes calls too)."""
     parallel_snapshot: bool = False
     stable_batches: bool = False
     """Sink only: hand it one Kafka message per write with a `batch_id` that is
     the same on every re-delivery, so a sink without upsert (files) stays
-    idempotent by overwriting the same object. Others get merged batches."""
+    idempotent by overwriting the same object. Others get merged batches.
+    A batch written in slices (pieces of `max_batch_rows`, or halves while
+    isolating a refused record) gives each slice its own id, `<batch_id>@<offset>+<rows>`."""
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,17 @@ Threads: one consumer thread per sink polls and decodes; it hands batches to
 `writers` threads, each with its own sink instance (its own connection).
 Partition p always goes to writer p % writers, so the messages of a partition
 are written in order and offsets are committed in order. Each writer's queue
-holds at most two batches; when it is full the consumer pauses its
-partitions (and keeps polling, so the group does not evict it), which is how
-a slow sink slows the consumer instead of filling memory.
+holds at most two batches; when one is full the consumer pauses its
+partitions and keeps polling without ever waiting for a writer (batches cut
+meanwhile wait in order, still encoded), so the group neither evicts it nor
+waits for it to rebalance. That is how a slow sink slows the consumer instead
+of filling memory. When any thread fails, every thread of the delivery ends
+and the consumer closes (it leaves its group): a failed job holds no
+partitions and no threads.
+
+A sink's declared `Capabilities` bind: no write call gets more than
+`max_batch_rows` rows (a batch is written in pieces, in order), and the
+sink's write calls, across its writers, stay within `rate_limit_per_s`.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -33,16 +42,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from kanal.core import wire
 from kanal.core.changes import keeping_engine_columns
-from kanal.core.connector import OP, VERSION, EntityOptions, Sink, Transform, WriteResult
+from kanal.core.connector import OP, VERSION, Capabilities, EntityOptions, Sink, Transform, WriteResult
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_dead_letters
 from kanal.core.errors import JobFailed, Unreachable
-from kanal.core.isolate import write_isolating
+from kanal.core.isolate import combine, slice_id, write_isolating
 from kanal.core.kafka import BoundedProducer, KafkaConnection
 from kanal.core.model import Entity
 from kanal.core.progress import Metrics
 from kanal.core.receipts import Receipts
 from kanal.core.retry import RetryPolicy, call_with_retry
-from kanal.core.validate import KEY
+from kanal.core.validate import KEY, REASON
 
 log = logging.getLogger("kanal.deliver")
 _LOST_ASSIGNMENT = (
@@ -78,20 +87,21 @@ class _Meta:
 class _Batch:
     """Messages of one entity for one writer, in partition order.
 
-    Bulk messages arrive as frames; delta records as JSON lines, gathered in
-    runs so that a run decodes in one call and the order between bulk and
-    delta messages is kept.
+    Bulk messages are kept as they arrived (Arrow IPC) and decoded by the
+    writer that takes the batch, so batches waiting for a writer stay small;
+    delta records are JSON lines, gathered in runs so that a run decodes in
+    one call and the order between bulk and delta messages is kept.
     """
 
     entity: str
-    segments: list[pl.DataFrame | list[bytes]] = field(default_factory=list)
+    segments: list[bytes | list[bytes]] = field(default_factory=list)
     metas: list[_Meta] = field(default_factory=list)
     rows: int = 0
     born: float = field(default_factory=time.monotonic)
 
-    def add_frame(self, frame: pl.DataFrame) -> None:
-        self.segments.append(frame)
-        self.rows += frame.height
+    def add_arrow(self, value: bytes, rows: int) -> None:
+        self.segments.append(value)
+        self.rows += rows
 
     def add_line(self, line: bytes) -> None:
         if not self.segments or not isinstance(self.segments[-1], list):
@@ -103,7 +113,7 @@ class _Batch:
 
     def frame(self, entity: Entity) -> pl.DataFrame:
         schema = pl.Schema({**entity.schema, KEY: pl.String, OP: pl.String, VERSION: pl.Int64})
-        frames = [s if isinstance(s, pl.DataFrame) else wire.decode_lines(s, schema) for s in self.segments]
+        frames = [wire.decode_arrow(s) if isinstance(s, bytes) else wire.decode_lines(s, schema) for s in self.segments]
         frame = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
         if KEY not in frame.columns or frame.get_column(KEY).null_count():
             # records from other producers may lack the key string: derive it
@@ -112,10 +122,84 @@ class _Batch:
 
     @property
     def batch_id(self) -> str:
+        """Stable where a re-delivery must replace, never reused by another run.
+
+        One message of a chunk: its chunk and part, the same on every
+        re-delivery. Otherwise the offsets, prefixed by the attempt that
+        produced the first message: offsets restart at 0 with every embedded
+        broker (memory only, one per command), and would name a later run's
+        batches like this one's; a durable broker re-delivers the same
+        messages with the same attempt and offsets, so the id holds there.
+        """
         first = self.metas[0]
         if first.chunk is not None and len(self.metas) == 1:
             return f"{first.chunk}-p{first.part}"
-        return f"{first.topic}-{first.partition}-{first.offset}-{self.metas[-1].offset}"
+        offsets = f"{first.topic}-{first.partition}-{first.offset}-{self.metas[-1].offset}"
+        return f"{first.attempt}-{offsets}" if first.attempt else offsets
+
+
+class SinkLimits:
+    """A sink's declared `max_batch_rows` and `rate_limit_per_s`; one per sink, shared by its writer threads."""
+
+    def __init__(self, capabilities: Capabilities) -> None:
+        self.max_rows = capabilities.max_batch_rows
+        rate = capabilities.rate_limit_per_s
+        self._gap = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def pace(self, cancel: threading.Event) -> None:
+        """Wait for the sink's next write call: calls are spaced 1/rate apart, whichever thread makes them."""
+        if not self._gap:
+            return
+        with self._lock:
+            now = time.monotonic()
+            at = max(now, self._next)
+            self._next = at + self._gap
+        if at > now:
+            cancel.wait(at - now)
+
+
+def describe_target(sink: str, entity: str, options: EntityOptions) -> str:
+    """Where a sink writes an entity, for messages: the sink, the entity and what the job file set (the table)."""
+    settings = ", ".join(f"{k}: {v}" for k, v in options.model_dump(exclude_unset=True, exclude={"delta"}).items())
+    return f"sink {sink!r}, {entity}" + (f" ({settings})" if settings else "")
+
+
+def write_within(
+    sink: Sink,
+    entity: str,
+    options: EntityOptions,
+    frame: pl.DataFrame,
+    batch_id: str,
+    *,
+    limits: SinkLimits,
+    target: str,
+    retry: RetryPolicy,
+    cancel: threading.Event,
+    on_retry: Callable[[Unreachable, int], None] | None = None,
+) -> WriteResult:
+    """Write one batch as the sink declared it can take it (step 1).
+
+    Pieces of at most `max_batch_rows` rows are written in order, so per-key
+    order holds; each write call is paced; each piece isolates the records
+    the target refuses and is retried on its own while the target is
+    unreachable, so a piece written is not written again. `cancel` (the run
+    is failing) ends retries and waits.
+    """
+    size = limits.max_rows or frame.height
+    results = []
+    for start in range(0, frame.height, size):
+
+        def write(part: pl.DataFrame, at: int, start: int = start) -> WriteResult:
+            limits.pace(cancel)
+            return sink.write(entity, options, part, slice_id(batch_id, start + at, part.height, frame.height))
+
+        piece = frame.slice(start, size)
+        results.append(
+            call_with_retry(lambda p=piece, w=write: write_isolating(w, p, target), retry, on_retry=on_retry, cancel=cancel)
+        )
+    return combine(results)
 
 
 class SinkDelivery:
@@ -137,12 +221,14 @@ class SinkDelivery:
         use_dlq: bool,
         retry: RetryPolicy,
         batch_rows: int,
-        stable_batches: bool,
+        capabilities: Capabilities,
         attempt: str,
         metrics: Metrics,
         partitions: dict[str, int] | None = None,
     ) -> None:
-        """`partitions` (topic -> count) assigns them directly instead of joining
+        """`capabilities` are the sink connector's, binding (see module docstring).
+
+        `partitions` (topic -> count) assigns them directly instead of joining
         the consumer group: right when no other process can share the work (the
         embedded broker), and it saves the join (half a session timeout)."""
         self.partitions = partitions
@@ -151,13 +237,16 @@ class SinkDelivery:
         self.topics = topics  # topic -> entity
         self.receipts, self.dead_letters = receipts, dead_letters
         self.dlq_producer, self.dlq_topic, self.use_dlq = dlq_producer, dlq_topic, use_dlq
-        self.retry, self.batch_rows, self.stable_batches = retry, batch_rows, stable_batches
+        self.retry, self.batch_rows = retry, batch_rows
+        self.stable_batches, self.limits = capabilities.stable_batches, SinkLimits(capabilities)
         self.attempt, self.metrics = attempt, metrics
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        self._failed = threading.Event()
         self._queues: list[queue.Queue[_Batch | None]] = [queue.Queue(maxsize=2) for _ in instances]
         self._done: queue.Queue[_Batch] = queue.Queue()
-        self._threads: list[threading.Thread] = []
+        self._writers: list[threading.Thread] = []
+        self._consumer: threading.Thread | None = None
 
     # lifecycle -----------------------------------------------------------
 
@@ -165,21 +254,26 @@ class SinkDelivery:
         for i, sink in enumerate(self.instances):
             t = threading.Thread(target=self._writer, args=(sink, self._queues[i]), name=f"kanal-{self.name}-w{i}", daemon=True)
             t.start()
-            self._threads.append(t)
-        t = threading.Thread(target=self._consume, name=f"kanal-{self.name}-consumer", daemon=True)
-        t.start()
-        self._threads.append(t)
+            self._writers.append(t)
+        self._consumer = threading.Thread(target=self._consume, name=f"kanal-{self.name}-consumer", daemon=True)
+        self._consumer.start()
 
     def stop(self) -> None:
         self._stop.set()
 
     def join(self, timeout: float = 60.0) -> None:
-        for t in self._threads:
+        for t in self.threads:
             t.join(timeout)
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The delivery's threads (writers, then the consumer)."""
+        return [*self._writers, *([self._consumer] if self._consumer else [])]
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
+        self._failed.set()
         self._stop.set()
 
     # consumer thread ------------------------------------------------------
@@ -187,6 +281,7 @@ class SinkDelivery:
     def _consume(self) -> None:
         consumer = self.connection.consumer(f"{self.connection.settings.topic_prefix}.{self.job}.{self.name}")
         pending: dict[tuple[int, str], _Batch] = {}
+        ready: list[_Batch] = []  # cut batches in order, waiting for room in their writer's queue
         paused = False
         try:
             if self.partitions is None:
@@ -195,37 +290,66 @@ class SinkDelivery:
                 consumer.assign([TopicPartition(t, p) for t, n in self.partitions.items() for p in range(n)])
             while not self._stop.is_set():
                 self._commit_done(consumer)
-                if self._any_full():
-                    if not paused:
-                        consumer.pause(consumer.assignment())
-                        paused = True
-                    consumer.poll(0.05)
+                self._hand_over(ready)
+                if ready or self._any_full():
+                    # A writer is behind: fetch nothing more, but keep polling so the group keeps
+                    # this member (and can rebalance). Pause on every round: a rebalance may have
+                    # assigned partitions that are not paused; what they return is kept, since a
+                    # later commit of their offsets would skip it.
+                    consumer.pause(consumer.assignment())
+                    paused = True
+                    msg = consumer.poll(0.05)
+                    if msg is not None:
+                        self._take(msg, pending, ready)
                     continue
                 if paused:
                     consumer.resume(consumer.assignment())
                     paused = False
                 messages = consumer.consume(num_messages=100, timeout=0.1)
                 for msg in messages:
-                    self._take(msg, pending)
+                    self._take(msg, pending, ready)
                 now = time.monotonic()
                 for key in [k for k, b in pending.items() if not messages or now - b.born >= _LINGER_S]:
-                    self._dispatch(pending.pop(key))
-            for key in list(pending):  # drain what was read before stopping
-                self._dispatch(pending.pop(key))
-            for q in self._queues:
-                q.put(None)
-            for t in self._threads[:-1]:
-                t.join()
-            self._commit_done(consumer)
+                    ready.append(pending.pop(key))
+            for batch in [*ready, *pending.values()]:  # a stop: hand over what was read before it
+                self._dispatch(batch)
         except BaseException as exc:  # noqa: BLE001 - reported through self.error
             self._fail(exc)
-            for q in self._queues:
-                try:
-                    q.put_nowait(None)
-                except queue.Full:
-                    pass
         finally:
-            consumer.close()
+            self._end_writers()
+            try:
+                self._commit_done(consumer)  # what was written before the stop (or a failure) is delivered
+            except BaseException as exc:  # noqa: BLE001 - reported through self.error
+                self._fail(exc)
+            finally:
+                consumer.close()
+
+    def _hand_over(self, ready: list[_Batch]) -> None:
+        """Queue ready batches for their writers without waiting; a writer's batches stay in order behind a full queue."""
+        behind: set[int] = set()
+        waiting = []
+        for batch in ready:
+            writer = self._writer_of(batch)
+            if writer not in behind:
+                try:
+                    self._queues[writer].put_nowait(batch)
+                    continue
+                except queue.Full:
+                    behind.add(writer)
+            waiting.append(batch)
+        ready[:] = waiting
+
+    def _end_writers(self) -> None:
+        """Hand every live writer its end mark and wait for it; a writer that died takes none (its queue may be full)."""
+        for inbox, writer in zip(self._queues, self._writers, strict=True):
+            while writer.is_alive():
+                try:
+                    inbox.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+        for writer in self._writers:
+            writer.join()
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.debug("%s: assigned %s", self.name, ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
@@ -236,7 +360,8 @@ class SinkDelivery:
     def _any_full(self) -> bool:
         return any(q.full() for q in self._queues)
 
-    def _take(self, msg: Message, pending: dict[tuple[int, str], _Batch]) -> None:
+    def _take(self, msg: Message, pending: dict[tuple[int, str], _Batch], ready: list[_Batch]) -> None:
+        """Add a message to its writer's pending batch; a batch that is complete moves to `ready`."""
         err = msg.error()
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
@@ -262,22 +387,26 @@ class SinkDelivery:
             int(headers[wire.H_PART]) if wire.H_PART in headers else None,
             headers.get(wire.H_ATTEMPT),
         )
-        writer = meta.partition % len(self.instances)
-        key = (writer, entity)
+        key = (meta.partition % len(self.instances), entity)
         batch = pending.setdefault(key, _Batch(entity))
         if fmt == "json":
             batch.add_line(value if value is not None else headers[wire.H_RECORD].encode())
         else:
-            batch.add_frame(wire.decode_arrow(value))
+            rows = int(headers[wire.H_COUNT]) if wire.H_COUNT in headers else wire.decode_arrow(value).height
+            batch.add_arrow(value, rows)
         batch.metas.append(meta)
         if batch.rows >= self.batch_rows or (self.stable_batches and fmt != "json"):
             # Stable batches: one bulk message per write. Delta records are batched like
-            # for any sink (a file per record would be absurd); their id is their offsets.
-            self._dispatch(pending.pop(key))
+            # for any sink (a file per record would be absurd); their id is their attempt and offsets.
+            ready.append(pending.pop(key))
+
+    def _writer_of(self, batch: _Batch) -> int:
+        return batch.metas[0].partition % len(self.instances)
 
     def _dispatch(self, batch: _Batch) -> None:
-        writer = batch.metas[0].partition % len(self.instances)
-        while not self._stop.is_set():
+        """Queue a batch for its writer, waiting while the queue is full (a failure drops it: it is not committed)."""
+        writer = self._writer_of(batch)
+        while not self._failed.is_set():
             try:
                 self._queues[writer].put(batch, timeout=0.1)
                 return
@@ -318,7 +447,7 @@ class SinkDelivery:
     def _writer(self, sink: Sink, inbox: queue.Queue[_Batch | None]) -> None:
         while True:
             batch = inbox.get()
-            if batch is None or self.error is not None:
+            if batch is None or self._failed.is_set():
                 return
             try:
                 self._write(sink, batch)
@@ -330,17 +459,18 @@ class SinkDelivery:
     def _write(self, sink: Sink, batch: _Batch) -> None:
         """Steps 1 and 2."""
         flow = self.flows[batch.entity]
-        frame = keeping_engine_columns(flow.transform, batch.frame(flow.entity), "the sink mapping")
-        batch_id = batch.batch_id
-
-        def attempt() -> WriteResult:
-            return write_isolating(lambda f: sink.write(batch.entity, flow.options, f, batch_id), frame)
+        canonical = batch.frame(flow.entity)
+        frame = keeping_engine_columns(flow.transform, canonical, "the sink mapping")
 
         def waiting(exc: Unreachable, n: int) -> None:
             self.metrics.note(self.name, f"waiting: {exc.message} (retry {n})")
 
         started = time.monotonic()
-        result = call_with_retry(attempt, self.retry, on_retry=waiting)
+        result = write_within(
+            sink, batch.entity, flow.options, frame, batch.batch_id,
+            limits=self.limits, target=describe_target(self.name, batch.entity, flow.options),
+            retry=self.retry, cancel=self._failed, on_retry=waiting,
+        )  # fmt: skip
         self.metrics.note(self.name, None)
         log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, batch.entity, time.monotonic() - started)
         self.metrics.add(batch.entity, "written", result.written, self.name)
@@ -349,16 +479,17 @@ class SinkDelivery:
         if failed is None or failed.is_empty():
             return
         self.metrics.add(batch.entity, "failed", failed.height, self.name)
-        rows = frame.join(failed.rename({"reason": "_kanal_reason"}), on=KEY, how="inner")
+        # the canonical records (not the sink-mapped ones), each version refused: a replay maps them again
+        rows = canonical.join(failed.rename({"reason": REASON}), on=[c for c in (KEY, VERSION) if c in failed.columns])
         if not self.use_dlq:
             first = rows.row(0, named=True)
             raise JobFailed(
                 f"{self.name} refused {failed.height} {batch.entity} record(s) (policy fail); "
-                f"first: key {first[KEY]!r}: {first['_kanal_reason']}"
+                f"first: key {first[KEY]!r}: {first[REASON]}"
             )
         letters = letters_frame(rows, batch.entity, STAGE_SINK, self.name, flow.entity.field_names)
-        self.dead_letters.put(batch.entity, STAGE_SINK, f"{self.name}-{batch_id}", letters)
-        publish_dead_letters(self.dlq_producer, self.dlq_topic, letters, self.job)
+        self.dead_letters.put(batch.entity, STAGE_SINK, f"{self.name}-{batch.batch_id}", letters)
+        publish_dead_letters(self.dlq_producer, self.dlq_topic, letters, self.job, cancel=self._failed)
 
 
 def first_error(deliveries: list[SinkDelivery]) -> BaseException | None:

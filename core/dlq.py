@@ -8,23 +8,31 @@ command ends and `kanal dlq show` must still work afterwards.
 
 Local files are named by where the records came from (`<entity>/<stage>-<tag>`)
 and replaced whole, so re-processing a chunk after a crash replaces its dead
-letters instead of repeating them.
+letters instead of repeating them; tags of deltas are unique to the run that
+read them, so a later run never replaces them.
+
+The record keeps the engine columns `_kanal_op` and `_kanal_version` next to
+its canonical fields: a replay writes it as the version it was, so a target
+that meanwhile holds a newer one refuses it like any older record.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import polars as pl
+from confluent_kafka import KafkaError
 
+from kanal.core.connector import OP, VERSION
+from kanal.core.errors import BrokerUnavailable
 from kanal.core.kafka import BoundedProducer
-from kanal.core.wire import H_ENTITY, H_JOB
-
 from kanal.core.validate import KEY, REASON
+from kanal.core.wire import H_ENTITY, H_JOB
 
 STAGE_SOURCE = "source"
 STAGE_SINK = "sink"
@@ -35,8 +43,11 @@ def _safe(tag: str) -> str:
 
 
 def letters_frame(rows: pl.DataFrame, entity: str, stage: str, sink: str | None, fields: tuple[str, ...]) -> pl.DataFrame:
-    """Shape rejected rows (with `_kanal_key`, `_kanal_reason`) as dead-letter entries."""
-    present = [f for f in fields if f in rows.columns]
+    """Shape rejected rows (with `_kanal_key`, `_kanal_reason`) as dead-letter entries.
+
+    The record holds the canonical `fields` and the engine columns the rows have.
+    """
+    present = [f for f in (*fields, OP, VERSION) if f in rows.columns]
     return rows.select(
         pl.lit(entity).alias("entity"),
         pl.col(KEY).alias("key"),
@@ -93,8 +104,17 @@ class DeadLetterStore:
         os.replace(tmp, path)
 
 
-def publish_dead_letters(producer: BoundedProducer, topic: str, letters: pl.DataFrame, job: str) -> None:
-    """One DLQ message per dead letter: value = the JSON entry, error details in headers."""
+def publish_dead_letters(
+    producer: BoundedProducer, topic: str, letters: pl.DataFrame, job: str, cancel: threading.Event | None = None
+) -> None:
+    """One DLQ message per dead letter (value = the JSON entry, error details in headers), acknowledged.
+
+    Returns when the broker acknowledged every one; a refused message raises
+    BrokerUnavailable (retried like any broker outage, or failing the run),
+    so that a dead letter never vanishes while the records after it are
+    confirmed. `cancel` (the run is failing anyway) stops the wait.
+    """
+    acks = _Acks(letters.height)
     lines = letters.write_ndjson().splitlines()
     for line, row in zip(lines, letters.select("entity", "key", "reason", "stage", "sink").iter_rows(), strict=True):
         entity, key, reason, stage, sink = row
@@ -106,4 +126,31 @@ def publish_dead_letters(producer: BoundedProducer, topic: str, letters: pl.Data
         ]
         if sink:
             headers.append(("kanal.error.sink", sink.encode()))
-        producer.send(topic, line.encode(), key=str(key).encode(), headers=headers, on_ack=lambda err: None)
+        producer.send(topic, line.encode(), key=str(key).encode(), headers=headers, on_ack=acks)
+    acks.wait(topic, cancel)
+
+
+class _Acks:
+    """Delivery reports of a lot of dead letters (called on the producer's poll thread)."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.received = 0
+        self.error: KafkaError | None = None
+        self._all = threading.Event()
+        if not expected:
+            self._all.set()
+
+    def __call__(self, err: KafkaError | None) -> None:
+        if err is not None and self.error is None:
+            self.error = err
+        self.received += 1
+        if self.received == self.expected:
+            self._all.set()
+
+    def wait(self, topic: str, cancel: threading.Event | None) -> None:
+        while not self._all.wait(0.1):
+            if cancel is not None and cancel.is_set():
+                raise BrokerUnavailable("kafka", f"{topic}: the run stopped before the broker acknowledged its dead letters")
+        if self.error is not None:
+            raise BrokerUnavailable("kafka", f"{topic}: the broker refused a dead letter: {self.error.str()}")

@@ -5,10 +5,18 @@ that were fixed by a changed rule or mapping pass) and writes the valid ones
 straight to the sinks of the job (all sinks for records refused at the
 source, the refusing sink for records a sink refused). What succeeds leaves
 the DLQ; what fails again stays, with its new reason.
+
+A record is replayed as the version it was (`_kanal_version`, `_kanal_op`
+are kept in the dead letter), so a target that meanwhile holds a newer
+version keeps it: the replayed record is skipped as older, and leaves the
+DLQ, since the newer version already stands in for it. Replays write
+within the sinks' declared limits, like a delivery.
 """
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +24,14 @@ from typing import Any
 
 import polars as pl
 
+from kanal.core.changes import conform_changes, keeping_engine_columns
+from kanal.core.connector import Sink
+from kanal.core.deliver import SinkLimits, describe_target, write_within
 from kanal.core.dlq import STAGE_SOURCE
-from kanal.core.isolate import write_isolating
 from kanal.core.model import entity as canonical
-from kanal.core.retry import call_with_retry
-from kanal.core.validate import KEY, REASON, conform
-from kanal.jobs.load import LoadedJob
-from kanal.jobs.runtime import dead_letter_store, make_sink, sink_transform
+from kanal.core.validate import KEY, REASON
+from kanal.jobs.load import LoadedJob, SinkPlan
+from kanal.jobs.runtime import dead_letter_store, identity, make_sink, sink_transform
 
 
 def show(loaded: LoadedJob, entity: str | None = None) -> list[dict[str, Any]]:
@@ -35,47 +44,57 @@ class ReplayResult:
     still_failing: int
 
 
+@dataclass(frozen=True)
+class _Target:
+    plan: SinkPlan
+    sink: Sink
+    limits: SinkLimits
+
+
 def replay(loaded: LoadedJob, entity: str | None = None) -> ReplayResult:
     store = dead_letter_store(loaded)
     by_file: dict[Path, list[dict[str, Any]]] = defaultdict(list)
     for path, entry in store.read(entity):
         by_file[path].append(entry)
     replayed = failing = 0
-    sinks = {plan.name: (plan, make_sink(plan)) for plan in loaded.sinks}
+    targets = {
+        plan.name: _Target(plan, make_sink(plan), SinkLimits(plan.connector.capabilities)) for plan in loaded.sinks
+    }
+    run = uuid.uuid4().hex[:12]  # a sink naming its output by batch id must not overwrite an earlier replay's
     try:
-        for plan, sink in sinks.values():
-            for e, ep in plan.entities.items():
-                sink.prepare(e, ep.options)
+        for target in targets.values():
+            for e, ep in target.plan.entities.items():
+                target.sink.prepare(e, ep.options)
         for path, entries in by_file.items():
-            remaining = _replay_file(loaded, entries, sinks)
+            remaining = _replay_file(loaded, entries, targets, f"dlq-replay-{run}-{path.parent.name}-{path.stem}")
             replayed += len(entries) - len(remaining)
             failing += len(remaining)
             store.replace_file(path, remaining)
     finally:
-        for _, sink in sinks.values():
-            sink.close()
+        for target in targets.values():
+            target.sink.close()
     return ReplayResult(replayed, failing)
 
 
-def _replay_file(loaded: LoadedJob, entries: list[dict[str, Any]], sinks: dict[str, Any]) -> list[dict[str, Any]]:
+def _replay_file(
+    loaded: LoadedJob, entries: list[dict[str, Any]], targets: dict[str, _Target], batch_id: str
+) -> list[dict[str, Any]]:
     name = entries[0]["entity"]
-    model = canonical(name)
     frame = pl.DataFrame([e["record"] for e in entries], infer_schema_length=None)
-    checked = conform(frame, model)
-    reasons = dict(zip(checked.get_column(KEY).to_list(), checked.get_column(REASON).to_list(), strict=True))
-    valid = checked.filter(pl.col(REASON).is_null()).drop(REASON)
+    valid, invalid = conform_changes(frame, canonical(name), identity)
+    reasons = dict(zip(invalid.get_column(KEY).to_list(), invalid.get_column(REASON).to_list(), strict=True))
     refused: dict[str, str] = {}
-    targets = [entries[0]["sink"]] if entries[0]["stage"] != STAGE_SOURCE else list(sinks)
-    for sink_name in targets:
-        plan, sink = sinks[sink_name]
-        if name not in plan.entities or valid.is_empty():
+    names = [entries[0]["sink"]] if entries[0]["stage"] != STAGE_SOURCE else list(targets)
+    for sink_name in names:
+        target = targets[sink_name]
+        if name not in target.plan.entities or valid.is_empty():
             continue
-        ep = plan.entities[name]
-        data = sink_transform(ep)(valid)
-        result = call_with_retry(
-            lambda s=sink, o=ep.options, d=data: write_isolating(lambda f: s.write(name, o, f, "dlq-replay"), d),
-            loaded.job.errors.retry,
-        )
+        ep = target.plan.entities[name]
+        result = write_within(
+            target.sink, name, ep.options, keeping_engine_columns(sink_transform(ep), valid, "the sink mapping"),
+            batch_id, limits=target.limits, target=describe_target(sink_name, name, ep.options),
+            retry=loaded.job.errors.retry, cancel=threading.Event(),
+        )  # fmt: skip
         if result.failed is not None:
             refused.update(zip(result.failed.get_column(KEY).to_list(), result.failed.get_column("reason").to_list(), strict=True))
     remaining = []

@@ -138,7 +138,7 @@ def build_deliveries(
                 use_dlq=job.errors.policy == ErrorPolicy.DLQ,
                 retry=job.errors.retry,
                 batch_rows=job.batch.sink_rows,
-                stable_batches=plan.connector.capabilities.stable_batches,
+                capabilities=plan.connector.capabilities,
                 attempt=attempt,
                 metrics=metrics,
                 partitions={topics[e]: partitions[e] for e in flows} if job.kafka.embedded else None,
