@@ -71,6 +71,28 @@ class Metrics:
         return time.monotonic() - self.started
 
 
+class Tally:
+    """Counters of one unit of work (a snapshot chunk) that a failure takes back.
+
+    They show in the live display as they come; when the unit fails and is
+    read again (a retry, or the next run), `revert` removes what it counted,
+    so a retried chunk counts once.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._counted: dict[tuple[str, str], int] = defaultdict(int)
+
+    def add(self, entity: str, counter: str, n: int) -> None:
+        self.metrics.add(entity, counter, n)
+        self._counted[(entity, counter)] += n
+
+    def revert(self) -> None:
+        for (entity, counter), n in self._counted.items():
+            self.metrics.add(entity, counter, -n)
+        self._counted.clear()
+
+
 def _eta(done: int, total: int, rate: float) -> str:
     if total <= done:
         return "done" if total else "-"

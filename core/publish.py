@@ -8,7 +8,13 @@ sinks fall behind, which is what keeps memory flat whatever the volume.
 
 Changes (deltas) take the same path but leave as one keyed JSON message per
 record (a tombstone for a delete), so compaction and per-key consumers work;
-their receipt "chunk" is the read they came from.
+their receipt "chunk" is the read they came from. Under policy `fail`, an
+invalid change that a later valid change of the same key in the same read
+replaces is no error: the later version is what the targets end with anyway,
+and a fixed row would otherwise stop every run on the change before the fix.
+
+Dead letters are acknowledged by the broker before a chunk or read is
+announced; a chunk read again (a retry) counts its rows once (`Tally`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from kanal.core.dlq import STAGE_SOURCE, DeadLetterStore, letters_frame, publish
 from kanal.core.errors import BrokerUnavailable
 from kanal.core.kafka import BoundedProducer
 from kanal.core.model import Entity
-from kanal.core.progress import Metrics
+from kanal.core.progress import Metrics, Tally
 from kanal.core.receipts import BROKER, Receipts
 from kanal.core.validate import KEY, REASON
 
@@ -107,10 +113,19 @@ class Publisher:
         self._lock = threading.Lock()
 
     def publish(self, source: Source, flow: SourceFlow, chunk: Chunk) -> None:
+        """Read, validate and send one snapshot chunk; if that fails, what it counted is taken back (it is read again)."""
+        tally = Tally(self.metrics)
+        try:
+            self._publish(source, flow, chunk, tally)
+        except BaseException:
+            tally.revert()
+            raise
+
+    def _publish(self, source: Source, flow: SourceFlow, chunk: Chunk, tally: Tally) -> None:
         name = flow.entity.name
         valid_frames, invalid_frames = [], []
         for frame in source.snapshot(name, flow.options, chunk):
-            self.metrics.add(name, "read", frame.height)
+            tally.add(name, "read", frame.height)
             if flow.version is not None:
                 frame = frame.with_columns(flow.version.cast(pl.Int64).alias(VERSION))
             valid, invalid = conform_changes(frame, flow.entity, flow.transform)
@@ -118,7 +133,7 @@ class Publisher:
             if not invalid.is_empty():
                 invalid_frames.append(invalid)
         invalid = pl.concat(invalid_frames) if invalid_frames else None
-        dead = self._reject(flow, chunk, invalid)
+        dead = self._reject(flow, chunk, invalid, tally)
         valid = pl.concat(valid_frames) if valid_frames else pl.DataFrame(schema={**flow.entity.schema, KEY: pl.String})
         parts = wire.split_for_partitions(valid, flow.partitions, self.message_rows)
         self.receipts.expect(name, chunk.id, len(parts), valid.height, dead)
@@ -129,9 +144,12 @@ class Publisher:
     def publish_changes(self, flow: SourceFlow, frame: pl.DataFrame, read_id: str) -> None:
         """Publish one entity's part of a read of changes, one message per record."""
         name = flow.entity.name
-        self.metrics.add(name, "read", frame.height)
+        tally = Tally(self.metrics)
+        tally.add(name, "read", frame.height)
         valid, invalid = conform_changes(frame, flow.entity, flow.transform)
-        dead = self._reject(flow, Chunk(read_id), None if invalid.is_empty() else invalid, replace=False)
+        if not self.use_dlq:
+            invalid = unsuperseded(invalid, valid)
+        dead = self._reject(flow, Chunk(read_id), None if invalid.is_empty() else invalid, tally, replace=False)
         records = wire.record_messages(valid, flow.partitions)
         self.receipts.expect(name, read_id, len(records), valid.height, dead)
         common = [
@@ -156,7 +174,9 @@ class Publisher:
             self.producer.send_records(flow.topic, messages(), _ReadAcks(self, name, read_id, len(records)))
         log.debug("published %d %s changes of read %s", len(records), name, read_id)
 
-    def _reject(self, flow: SourceFlow, chunk: Chunk, invalid: pl.DataFrame | None, replace: bool = True) -> int:
+    def _reject(
+        self, flow: SourceFlow, chunk: Chunk, invalid: pl.DataFrame | None, tally: Tally, replace: bool = True
+    ) -> int:
         """Dead-letter (policy dlq) or remember (policy fail) a chunk's invalid rows.
 
         Snapshot chunks `replace` their earlier dead letters (a re-read chunk
@@ -176,7 +196,7 @@ class Publisher:
         letters = letters_frame(invalid, name, STAGE_SOURCE, None, flow.entity.field_names)
         self.dead_letters.put(name, STAGE_SOURCE, chunk.id, letters)
         publish_dead_letters(self.producer, self.dlq_topic, letters, self.job)
-        self.metrics.add(name, "dead", invalid.height)
+        tally.add(name, "dead", invalid.height)
         return invalid.height
 
     def _send(self, flow: SourceFlow, chunk: Chunk, part: wire.Part, parts: int) -> None:
@@ -224,3 +244,20 @@ class Publisher:
         with self._lock:
             if self.send_errors:
                 raise BrokerUnavailable("kafka", f"{len(self.send_errors)} messages not delivered: {self.send_errors[0]}")
+
+
+def unsuperseded(invalid: pl.DataFrame, valid: pl.DataFrame) -> pl.DataFrame:
+    """The invalid changes no later valid change (upsert or delete) of the same key replaces.
+
+    "Later" is a greater `VERSION` (the source position): CDC gives every
+    change its own, so equal versions (a file holding one key twice) are
+    kept as errors rather than guessed at.
+    """
+    if invalid.is_empty() or valid.is_empty():
+        return invalid
+    latest = valid.group_by(KEY).agg(pl.col(VERSION).max().alias("_kanal_latest"))
+    return (
+        invalid.join(latest, on=KEY, how="left", maintain_order="left")
+        .filter(~(pl.col("_kanal_latest") > pl.col(VERSION)).fill_null(False))
+        .drop("_kanal_latest")
+    )
