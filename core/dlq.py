@@ -8,8 +8,10 @@ command ends and `kanal dlq show` must still work afterwards.
 
 Local files are named by where the records came from (`<entity>/<stage>-<tag>`)
 and replaced whole, so re-processing a chunk after a crash replaces its dead
-letters instead of repeating them; tags of deltas are unique to the run that
-read them, so a later run never replaces them.
+letters instead of repeating them. Tags of deltas and merged batches are
+unique to the run that made them, so a later run never replaces them; a
+record read or delivered again after a crash is set aside again under the new
+run's tag, and `letters` counts copies of one record version once.
 
 The record keeps the engine columns `_kanal_op` and `_kanal_version` next to
 its canonical fields: a replay writes it as the version it was, so a target
@@ -91,8 +93,16 @@ class DeadLetterStore:
                     if line.strip():
                         yield path, orjson.loads(line)
 
+    def letters(self, entity: str | None = None) -> list[dict[str, Any]]:
+        """Each dead letter once: copies of one (entity, stage, sink, key, version) are one, the last read stands."""
+        unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for _, entry in self.read(entity):
+            version = (entry.get("record") or {}).get(VERSION)
+            unique[(entry["entity"], entry["stage"], entry["sink"], entry["key"], version)] = entry
+        return list(unique.values())
+
     def count(self, entity: str | None = None) -> int:
-        return sum(1 for _ in self.read(entity))
+        return len(self.letters(entity))
 
     def replace_file(self, path: Path, entries: list[dict[str, Any]]) -> None:
         """Rewrite one file with the entries that remain (after a replay)."""

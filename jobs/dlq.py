@@ -35,7 +35,7 @@ from kanal.jobs.runtime import dead_letter_store, identity, make_sink, sink_tran
 
 
 def show(loaded: LoadedJob, entity: str | None = None) -> list[dict[str, Any]]:
-    return [entry for _, entry in dead_letter_store(loaded).read(entity)]
+    return dead_letter_store(loaded).letters(entity)
 
 
 @dataclass(frozen=True)
