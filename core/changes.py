@@ -4,19 +4,30 @@ A change frame is a source frame plus the engine columns `OP` and `VERSION`
 (see `core.connector`). Mappings and `conform` work on source and canonical
 columns only, so the engine columns are set aside and re-attached by row
 position: both are row-preserving, which `_reattach` checks rather than
-assumes. Delete rows carry only what makes the key; they skip validation,
-which would reject their missing fields, and need only a non-empty key.
+assumes.
+
+Only upserts are validated. Delete rows carry only what makes the key; they
+skip validation, which would reject their missing fields, and need only a
+non-empty key. An old image (`BEFORE`) is keyed the same way and becomes a
+delete of its key when the row after it (its new image) has another key: the
+key changed, and the old one must go. Otherwise it is dropped, so an old image
+on every update (REPLICA IDENTITY FULL) costs no message. A truncate row has
+no fields at all; it keeps its version and gets `TRUNCATE_KEY`.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from kanal.core.connector import DELETE, OP, VERSION, Transform
+from kanal.core.connector import BEFORE, DELETE, OP, TRUNCATE, UPSERT, VERSION, Transform
 from kanal.core.model import Entity
 from kanal.core.validate import KEY, conform, split
 
 ENGINE_COLUMNS = (OP, VERSION)
+TRUNCATE_KEY = "\x00truncate"
+"""`_kanal_key` of a truncate row: no key string of a record can be it (text values hold no NUL)."""
+_ROW = "_kanal_row"
+_OPS = (UPSERT, DELETE, BEFORE, TRUNCATE)
 
 
 def _reattach(out: pl.DataFrame, extras: pl.DataFrame, what: str) -> pl.DataFrame:
@@ -40,19 +51,24 @@ def conform_changes(frame: pl.DataFrame, entity: Entity, transform: Transform) -
     """Map and validate a source frame (snapshot or changes) into (valid, invalid) canonical rows.
 
     Valid rows keep `OP`/`VERSION` when the input had them, in input order,
-    so per-key source order survives.
+    so per-key source order survives. Their ops are `upsert`, `delete` and
+    `truncate` only (see the module docstring for `before`).
     """
     carried = [c for c in ENGINE_COLUMNS if c in frame.columns]
-    is_delete = frame.get_column(OP) == DELETE if OP in frame.columns else None
-    if is_delete is None or not is_delete.any():
+    op = frame.get_column(OP) if OP in frame.columns else None
+    if op is None or (op == UPSERT).all():
         return split(_conformed(frame, entity, transform, carried))
-    indexed = frame.with_row_index("_kanal_row")
-    upserts = indexed.filter(~is_delete)
-    deletes = indexed.filter(is_delete)
-    valid, invalid = split(_conformed(upserts.drop("_kanal_row"), entity, transform, carried).hstack(upserts.select("_kanal_row")))
-    keys = _delete_keys(deletes, entity, transform)
-    merged = pl.concat([valid, keys], how="diagonal_relaxed").sort("_kanal_row").drop("_kanal_row")
-    return merged, invalid.drop("_kanal_row")
+    unknown = op.filter(~op.is_in(_OPS)).unique()
+    if not unknown.is_empty():
+        raise ValueError(f"changes of {entity.name} carry unknown operation(s) {unknown.to_list()}; expected {', '.join(_OPS)}")
+    indexed = frame.with_row_index(_ROW)
+    kind = pl.col(OP)
+    upserts = indexed.filter(kind == UPSERT)
+    checked = _conformed(upserts.drop(_ROW), entity, transform, carried).hstack(upserts.select(_ROW))
+    keyed = _key_rows(indexed.filter(kind.is_in((DELETE, BEFORE))), entity, transform)
+    truncates = indexed.filter(kind == TRUNCATE).select(_ROW, OP, VERSION, pl.lit(TRUNCATE_KEY).alias(KEY))
+    merged = pl.concat([checked, keyed, truncates], how="diagonal_relaxed").sort(_ROW)
+    return split(_old_keys(merged).drop(_ROW))
 
 
 def _conformed(frame: pl.DataFrame, entity: Entity, transform: Transform, carried: list[str]) -> pl.DataFrame:
@@ -60,16 +76,25 @@ def _conformed(frame: pl.DataFrame, entity: Entity, transform: Transform, carrie
     return _reattach(checked, frame.select(carried), "the mapping")
 
 
-def _delete_keys(deletes: pl.DataFrame, entity: Entity, transform: Transform) -> pl.DataFrame:
-    """Key fields, `_kanal_key`, `OP`, `VERSION` of delete rows; an empty key is an error row."""
-    extras = deletes.select("_kanal_row", OP, VERSION)
-    mapped = _reattach(transform(deletes.drop("_kanal_row", OP, VERSION)), extras, "the mapping")
+def _key_rows(rows: pl.DataFrame, entity: Entity, transform: Transform) -> pl.DataFrame:
+    """Key fields, `_kanal_key`, `OP`, `VERSION` of delete and old-image rows; an empty key is an error."""
+    extras = rows.select(_ROW, OP, VERSION)
+    mapped = _reattach(transform(rows.drop(_ROW, OP, VERSION)), extras, "the mapping")
     present = [k for k in entity.key if k in mapped.columns]
     keyed = conform(mapped.select(present), entity).select([*entity.key, KEY]).hstack(extras)
     empty = keyed.filter(pl.col(KEY).str.replace_all(r"\|", "") == "")
     if not empty.is_empty():
         raise ValueError(
-            f"{empty.height} delete(s) of {entity.name} carry no key fields ({', '.join(entity.key)}); "
+            f"{empty.height} delete(s) or key change(s) of {entity.name} carry no key fields ({', '.join(entity.key)}); "
             "the source must send the old key (PostgreSQL: ALTER TABLE ... REPLICA IDENTITY FULL)"
         )
     return keyed
+
+
+def _old_keys(merged: pl.DataFrame) -> pl.DataFrame:
+    """Old images become deletes where the next row (the new image) has another key; the rest go."""
+    before = pl.col(OP) == BEFORE
+    moved = pl.col(KEY).ne_missing(pl.col(KEY).shift(-1))
+    return merged.filter(~before | moved).with_columns(
+        pl.when(before).then(pl.lit(DELETE)).otherwise(pl.col(OP)).alias(OP)
+    )

@@ -40,7 +40,8 @@ from the job file's `entities:` block, so connectors get typed settings too.
 Frames handed to sinks carry canonical columns (see `core.model`) plus
 `_kanal_key`, the stable key string, and — for deltas — `_kanal_op` and
 `_kanal_version` (see `OP`, `VERSION`). A sink that declares
-`supports_deletes` applies delete rows; per key, rows arrive in source order.
+`supports_deletes` applies delete and truncate rows; per key, rows arrive in
+source order.
 """
 
 from __future__ import annotations
@@ -59,8 +60,16 @@ Transform = Callable[[pl.DataFrame], pl.DataFrame]
 """A pure frame-to-frame function (a compiled mapping, or identity)."""
 
 OP = "_kanal_op"
-"""Engine column of change frames: `upsert` or `delete`."""
+"""Engine column of change frames: `upsert`, `delete` or `truncate` (and `before`, from sources only)."""
 UPSERT, DELETE = "upsert", "delete"
+TRUNCATE = "truncate"
+"""Every record of the entity with an older version is gone (the table was
+emptied); the row's other columns are NULL. It reaches every partition of the
+entity's topic, and sinks skip records older than it that arrive later."""
+BEFORE = "before"
+"""The old image of an updated record, just before its new image and with the
+same version. `core.changes` turns it into a delete of the old key when the
+key changed, and drops it otherwise: sinks never see it."""
 VERSION = "_kanal_version"
 """Engine column (Int64): the record's version from the source position (LSN,
 cursor time in epoch microseconds, file time). Sinks apply a record only if
@@ -187,7 +196,8 @@ class Changes:
 
     @property
     def rows(self) -> int:
-        return sum(f.height for f in self.frames.values())
+        """Changes read; an old image (`BEFORE`) travels with its new one and is not one of its own."""
+        return sum(f.height - (int((f.get_column(OP) == BEFORE).sum()) if OP in f.columns else 0) for f in self.frames.values())
 
 
 class DeltaReader(ABC):

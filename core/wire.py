@@ -1,4 +1,4 @@
-"""How batches travel through Kafka (DESIGN §3 "Message", "Bulk wire format").
+"""How batches travel through Kafka: keyed messages, and the bulk wire format.
 
 Two value formats, told apart by the `kanal.format` header; consumers accept both:
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import orjson
 import polars as pl
 
-from kanal.core.connector import DELETE, OP, VERSION
+from kanal.core.connector import DELETE, OP, TRUNCATE, VERSION
 from kanal.core.validate import KEY
 
 _SEED = 0x4B414E41  # fixed, so a key maps to the same partition in every process
@@ -40,7 +40,9 @@ H_OP = "kanal.op"
 H_SCHEMA = "kanal.schema"
 H_VERSION = "kanal.version"
 H_RECORD = "kanal.record"
-"""On a delete (a tombstone: no value), the key fields as one JSON line."""
+"""On a delete (a tombstone: no value), the key fields as one JSON line. A
+truncate is a record with op `truncate`, key `core.changes.TRUNCATE_KEY` and
+no fields, on every partition."""
 SCHEMA_VERSION = b"1"
 
 
@@ -85,7 +87,9 @@ class Record:
 def record_messages(frame: pl.DataFrame, partitions: int) -> list[Record]:
     """One message per row of a change frame (with `_kanal_op`, `_kanal_version`), in frame order.
 
-    Rows become JSON lines in one polars call; Python only slices them.
+    A truncate row concerns every key, so it becomes one message on each
+    partition, between the records before and after it there. Rows become
+    JSON lines in one polars call; Python only slices them.
     """
     if frame.is_empty():
         return []
@@ -94,9 +98,11 @@ def record_messages(frame: pl.DataFrame, partitions: int) -> list[Record]:
     parts = partition_of(frame.get_column(KEY), partitions).to_list()
     ops = frame.get_column(OP).to_list()
     versions = frame.get_column(VERSION).to_list()
+    everywhere = range(partitions)
     return [
-        Record(p, k.encode(), None if op == DELETE else line, op.encode(), str(v).encode(), line)
+        Record(q, k.encode(), None if op == DELETE else line, op.encode(), str(v).encode(), line)
         for p, k, op, v, line in zip(parts, keys, ops, versions, lines, strict=True)
+        for q in (everywhere if op == TRUNCATE else (p,))
     ]
 
 
