@@ -8,9 +8,12 @@ adding a second copy, and the atomic replace means a crash never leaves half
 a file under that name.
 
 Deltas are written as a change log under `<folder>/changes/`: files of
-records with their `_kanal_op` (upsert/delete) and `_kanal_version`. Delta batches are cut by
-time and size, so after a crash a re-delivered change may land in a second
-file; its key and version identify the repeat.
+records with their `_kanal_op` (upsert/delete/truncate) and `_kanal_version`.
+A truncate record has no fields: every record of an older version is gone.
+It arrives once per partition of the entity's topic, so the log holds it
+several times with one version. Delta batches are cut by time and size, so
+after a crash a re-delivered change may land in a second file; its key and
+version identify the repeat.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ record, `finish` removes duplicates left by re-deliveries (keeping the newest
 version), builds the key, and clears the comment. The marker lives in the
 target itself, so a resumed run, or a later one, knows the table's state
 without any connector-side bookkeeping.
+
+Streaming also keeps one small table per target schema, `_kanal_floor`:
+per target table, the version of the last truncate applied. It is created on
+the first write of changes and read (share-locked) by every such write.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from kanal.core.connector import VERSION
 from kanal.core.model import Entity, Kind
 
 BULK_MARK = "kanal:bulk-load"
+FLOOR = "_kanal_floor"
+"""Per target table of a schema, the version of the last truncate applied to it."""
 
 _PG_TYPES = {
     Kind.TEXT: "text",
@@ -70,6 +76,22 @@ def dedupe_sql(table: str, key: tuple[str, ...], version: str | None) -> str:
         f"delete from {table} where ctid = any(array(select ctid from (select ctid, row_number() over "
         f"(partition by {part} order by {order}) as rn from {table}) d where rn > 1))"
     )
+
+
+def floor_table(schema: str) -> str:
+    return f'"{schema}"."{FLOOR}"'
+
+
+def ensure_floor(conn: psycopg.Connection, schema: str, table: str) -> None:
+    """The floor table of `schema` and the row of `table` (version 0: never truncated)."""
+    floor = floor_table(schema)
+    try:
+        conn.execute(f"create table if not exists {floor} (target text primary key, version bigint not null)")
+        conn.commit()
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+        conn.rollback()  # another writer created it at the same moment
+    conn.execute(f"insert into {floor} values (%s, 0) on conflict do nothing", (table,))
+    conn.commit()
 
 
 def inspect(conn: psycopg.Connection, schema: str, name: str) -> Target | None:

@@ -10,9 +10,18 @@ Two write paths, chosen by the state of the target table (see `ddl`):
   the key is built once at the end (`finish`).
 
 Deltas: each key's last row of a batch wins (rows of a key arrive in source
-order). Delete rows remove the stored row unless it holds a newer version.
-The version compared is `_kanal_version` (the source position) when the
-table has that column (tables Kanal creates do), else `version_column`.
+order). Delete rows remove the stored row unless it holds a newer version;
+a delete that carries no version (an existing table compared by
+`updated_at`: deletes carry only the key) applies, since it arrives after
+every earlier change of its key. The version compared is `_kanal_version`
+(the source position) when the table has that column (tables Kanal creates
+do), else `version_column`.
+
+A truncate row (it arrives once per partition) empties the table the first
+time it arrives and records its version as the table's floor in
+`_kanal_floor` (see `ddl`); every later record not newer than the floor is
+skipped, so rows the truncate removed never come back from a partition that
+lags or from a replay.
 
 Rows travel as CSV produced by polars in one call; nested values (addresses)
 are JSON-encoded for jsonb columns.
@@ -29,8 +38,8 @@ import psycopg
 from kanal.connectors.postgres import ddl
 from kanal.connectors.postgres.config import PostgresConfig, PostgresSinkOptions
 from kanal.connectors.postgres.db import connect, describe, qualified, reraise, translated
-from kanal.core.connector import DELETE, OP, VERSION, EntityOptions, Sink, WriteResult
-from kanal.core.errors import ConfigError
+from kanal.core.connector import DELETE, OP, TRUNCATE, UPSERT, VERSION, EntityOptions, Sink, WriteResult
+from kanal.core.errors import ConfigError, ConnectorError
 from kanal.core.model import entity as canonical
 from kanal.core.validate import KEY
 
@@ -47,6 +56,7 @@ class PostgresSink(Sink):
         self._conn: psycopg.Connection | None = None
         self._targets: dict[str, ddl.Target] = {}
         self._staged: set[str] = set()
+        self._floors: set[str] = set()
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -87,14 +97,21 @@ class PostgresSink(Sink):
             if OP not in frame.columns and version:
                 frame = frame.sort(version, nulls_last=False)
             frame = frame.unique(subset=[KEY], keep="last", maintain_order=True)
-        deletes = frame.filter(pl.col(OP) == DELETE) if OP in frame.columns else frame.clear()
-        upserts = frame.filter(pl.col(OP) != DELETE) if OP in frame.columns else frame
-        if target.bulk_load and not deletes.is_empty():
-            raise ConfigError(f"{self.system}: {target.table} is still being bulk-loaded; run the migration to the end first")
+        changes = OP in frame.columns
+        if changes:
+            self._check_changes(entity, options, target, frame)
         conn = self._connection()
         try:
             with conn.cursor() as cur:
-                written = self._upsert(cur, entity, target, upserts, version) if not upserts.is_empty() else 0
+                written = 0
+                rows = frame
+                if changes:
+                    written = self._truncate(cur, options, target, rows)
+                    rows = self._newer_than_floor(cur, options, rows)
+                upserts = rows.filter(pl.col(OP) == UPSERT) if changes else rows
+                deletes = rows.filter(pl.col(OP) == DELETE) if changes else rows.clear()
+                if not upserts.is_empty():
+                    written += self._upsert(cur, entity, target, upserts, version)
                 if not deletes.is_empty():
                     written += self._delete(cur, entity, target, deletes, version)
             conn.commit()
@@ -102,6 +119,56 @@ class PostgresSink(Sink):
             _rollback(conn)
             reraise(self.system, exc)
         return WriteResult(written=written, skipped_older=frame.height - written)
+
+    def _check_changes(self, entity: str, options: EntityOptions, target: ddl.Target, frame: pl.DataFrame) -> None:
+        """Refuse what this sink cannot apply; make the truncate floor ready (once per entity)."""
+        op = frame.get_column(OP)
+        unknown = op.filter(~op.is_in((UPSERT, DELETE, TRUNCATE))).unique().to_list()
+        if unknown:
+            raise ConnectorError(self.system, f"{target.table}: unknown change operation(s) {unknown} for {entity}")
+        if target.bulk_load and (op != UPSERT).any():
+            raise ConfigError(f"{self.system}: {target.table} is still being bulk-loaded; run the migration to the end first")
+        if entity not in self._floors:
+            opts = self._opts(options)
+            with translated(self.system):
+                ddl.ensure_floor(self._connection(), opts.schema_name, opts.table)
+            self._floors.add(entity)
+
+    def _truncate(self, cur: psycopg.Cursor, options: EntityOptions, target: ddl.Target, frame: pl.DataFrame) -> int:
+        """Apply the newest truncate of the batch once, whichever partition brings it first.
+
+        The floor row is locked, so no write of another partition can slip an
+        older record in between; rows of newer versions can only follow the
+        truncate on their own partition, so none exists yet.
+        """
+        newest = frame.filter(pl.col(OP) == TRUNCATE).get_column(VERSION).max()
+        if newest is None:
+            return 0
+        opts = self._opts(options)
+        floor = ddl.floor_table(opts.schema_name)
+        row = cur.execute(f"select version from {floor} where target = %s for update", (opts.table,)).fetchone()
+        if row is not None and newest <= row[0]:
+            return 0
+        older = f' where "{VERSION}" is null or "{VERSION}" <= %s' if VERSION in target.columns else ""
+        cur.execute(f"delete from {target.table}{older}", (newest,) if older else None)
+        cur.execute(
+            f"insert into {floor} values (%s, %s) on conflict (target) do update set version = excluded.version",
+            (opts.table, newest),
+        )
+        return 1
+
+    def _newer_than_floor(self, cur: psycopg.Cursor, options: EntityOptions, frame: pl.DataFrame) -> pl.DataFrame:
+        """Drop records a truncate already removed (they arrive late from other partitions, or again).
+
+        The floor row stays share-locked until commit, so a truncate applied
+        by another writer waits for this batch, and deletes what it wrote.
+        """
+        opts = self._opts(options)
+        row = cur.execute(
+            f"select version from {ddl.floor_table(opts.schema_name)} where target = %s for key share", (opts.table,)
+        ).fetchone()
+        floor = row[0] if row else 0
+        return frame.filter(pl.col(VERSION).is_null() | (pl.col(VERSION) > floor)) if floor else frame
 
     def _upsert(self, cur: psycopg.Cursor, entity: str, target: ddl.Target, frame: pl.DataFrame, version: str | None) -> int:
         columns = [c for c in frame.columns if c in target.columns]
@@ -129,7 +196,9 @@ class PostgresSink(Sink):
         with cur.copy(f"copy {stage} ({names}) from stdin {_COPY}") as copy:
             copy.write(_csv(frame.select(columns)))
         cur.execute(f"analyze {stage}")  # a handful of keys: the planner should walk the key index
-        guard = f' and (t."{version}" is null or s."{version}" >= t."{version}")' if version else ""
+        # A delete without the version (an existing table's `updated_at`: deletes carry only the key)
+        # still applies: it arrives after every earlier change of its key.
+        guard = f' and (t."{version}" is null or s."{version}" is null or s."{version}" >= t."{version}")' if version else ""
         deleted = 0
         # `is not distinct from` cannot use an index; one statement per pattern of NULL key parts can.
         for pattern in frame.select([pl.col(c).is_null() for c in target.conflict]).unique().iter_rows():
