@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator
 
 from kanal.core.connector import EntityOptions, FrozenModel
@@ -35,6 +37,10 @@ class PostgresSourceOptions(EntityOptions):
     schema_name: str = Field("public", alias="schema", pattern=_IDENT, description="schema of the table")
     where: str | None = Field(None, description="optional SQL filter, e.g. \"active\"")
     chunk_rows: int = Field(100_000, ge=1_000, le=5_000_000, description="rows per snapshot chunk (resume unit)")
+    truncate: Literal["delete", "fail"] = Field(
+        "delete",
+        description="CDC: on a TRUNCATE of the table, delete the entity's records in the targets, or stop the stream (fail)",
+    )
 
 
 class PostgresSinkOptions(EntityOptions):
