@@ -1,9 +1,9 @@
 """End-to-end receipts: when a snapshot chunk counts as delivered.
 
-DESIGN §1.3: nothing is delivered until the stage after it acknowledged it.
-A broker ack is not enough with the embedded broker, which keeps data in
+Nothing is delivered until the stage after it acknowledged it. A broker ack is not enough with the embedded broker, which keeps data in
 memory and loses it with the process. So a chunk is *done* only when every
-sink has written (and committed the offsets of) every message of it; only
+sink that takes its entity has written (and committed the offsets of) every
+message of it; only
 then is it checkpointed in the state store. A re-run re-reads every chunk that
 is not done; sinks are idempotent, so the overlap costs time, never
 correctness.
@@ -20,7 +20,7 @@ write the messages may be running in other processes of the same job.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -37,10 +37,15 @@ BROKER = "broker"
 
 
 class Receipts:
-    """Track which parts of which chunk each party (sinks, or the broker) has durably taken."""
+    """Track which parts of which chunk each party (sinks, or the broker) has durably taken.
 
-    def __init__(self, parties: list[str], on_done: Callable[[str, str, int, int], None]) -> None:
-        self._sinks = parties
+    `parties` names, per entity, who must take it: a sink that does not list
+    an entity never writes it, so waiting for that sink would never end (and
+    an entity no sink takes is done as soon as it is published).
+    """
+
+    def __init__(self, parties: Mapping[str, Sequence[str]], on_done: Callable[[str, str, int, int], None]) -> None:
+        self._parties = {entity: tuple(names) for entity, names in parties.items()}
         self._on_done = on_done
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._early: dict[tuple[str, str], dict[str, set[int]]] = {}
@@ -52,7 +57,7 @@ class Receipts:
         with self._lock:
             pending = _Pending(parts, rows, dead, self._early.pop(key, {}))
             self._pending[key] = pending
-            done = self._complete(pending)
+            done = self._complete(entity, pending)
             if done:
                 del self._pending[key]
         if done:
@@ -60,7 +65,7 @@ class Receipts:
 
     def record(self, sink: str, entity: str, chunk: str, part: int) -> None:
         """A party took one part durably: a sink wrote it and committed its offset, or the broker acked it."""
-        if sink not in self._sinks:
+        if sink not in self._parties.get(entity, ()):
             return
         key = (entity, chunk)
         with self._lock:
@@ -69,7 +74,7 @@ class Receipts:
                 self._early.setdefault(key, {}).setdefault(sink, set()).add(part)
                 return
             pending.written.setdefault(sink, set()).add(part)
-            done = self._complete(pending)
+            done = self._complete(entity, pending)
             if done:
                 del self._pending[key]
         if done:
@@ -77,7 +82,7 @@ class Receipts:
 
     def record_all(self, party: str, entity: str, chunk: str) -> None:
         """A party took every part of an announced chunk (the broker acked all of a read)."""
-        if party not in self._sinks:
+        if party not in self._parties.get(entity, ()):
             return
         key = (entity, chunk)
         with self._lock:
@@ -85,14 +90,14 @@ class Receipts:
             if pending is None:
                 return
             pending.written[party] = set(range(pending.parts))
-            done = self._complete(pending)
+            done = self._complete(entity, pending)
             if done:
                 del self._pending[key]
         if done:
             self._on_done(entity, chunk, pending.rows, pending.dead)
 
-    def _complete(self, pending: _Pending) -> bool:
-        return all(len(pending.written.get(s, ())) >= pending.parts for s in self._sinks)
+    def _complete(self, entity: str, pending: _Pending) -> bool:
+        return all(len(pending.written.get(s, ())) >= pending.parts for s in self._parties.get(entity, ()))
 
     @property
     def outstanding(self) -> int:

@@ -8,8 +8,8 @@ from kanal.core.connector import DeltaReader, Sink, Source
 from kanal.core.errors import KanalError
 from kanal.core.kafka import KafkaConnection, quiet_rdkafka
 from kanal.jobs.load import LoadedJob
+from kanal.jobs.pipeline import require_delta
 from kanal.jobs.runtime import make_sink, make_source
-from kanal.jobs.stream import delta_context
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def _probe_deltas(loaded: LoadedJob) -> CheckResult:
     system = f"source deltas ({', '.join(sorted({d if isinstance(d, str) else 'cursor' for d in deltas}))})"
     source = make_source(loaded)
     try:
-        return _probe(system, source.delta(delta_context(loaded)), "ready")
+        return _probe(system, source.delta(require_delta(loaded)), "ready")
     except KanalError as exc:
         return CheckResult(system, False, exc.message)
     finally:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from kanal.core.state import StateStore
 from kanal.jobs.load import LoadedJob
-from kanal.jobs.migrate import MIGRATION
+from kanal.jobs.pipeline import MIGRATION, STREAM, require_delta
 from kanal.jobs.runtime import make_source
-from kanal.jobs.stream import STREAM, delta_context
 
 
 def cleanup(loaded: LoadedJob) -> list[str]:
     state = StateStore(loaded.state_dir).acquire()
     source = make_source(loaded)
     try:
-        lines = source.cleanup(delta_context(loaded))
+        lines = source.cleanup(require_delta(loaded))
         if state.get(STREAM) is not None:
             state.update(lambda d: (d.pop(STREAM, None), d.pop(MIGRATION, None)))
             lines.append("forgot the stream position; the next `kanal run` migrates again")

@@ -28,8 +28,9 @@ from kanal.core.errors import KanalError
 from kanal.core.state import StateStore
 from kanal.jobs.cleanup import cleanup
 from kanal.jobs.load import LoadedJob, load_job
-from kanal.jobs.migrate import MIGRATION, MigrationReport
-from kanal.jobs.stream import STREAM, StreamReport, sync
+from kanal.jobs.migrate import MigrationReport
+from kanal.jobs.pipeline import MIGRATION, STREAM
+from kanal.jobs.stream import StreamReport, sync
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 LOCATIONS = ("WH-BERLIN", "WH-HAMBURG", "STORE-MUNICH")

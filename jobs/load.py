@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kanal.core import registry
-from kanal.core.connector import ConnectorSpec, EntityOptions
+from kanal.core.connector import ConnectorSpec, CursorDelta, DeltaKind, EntityOptions
 from kanal.core.errors import ConfigError, KanalError, register_secret
 from kanal.jobs.model import Job
 
@@ -163,15 +163,38 @@ def _typed(model: type[BaseModel], data: dict[str, Any], loc: Loc, report: _Repo
         return None
 
 
+def _delta_kind(delta: object) -> DeltaKind:
+    return DeltaKind.CURSOR if isinstance(delta, CursorDelta) else DeltaKind(delta or "none")
+
+
 def _entities(
-    side: Loc, specs: dict[str, Any], options_model: type[EntityOptions], base: Path, report: _Reporter
+    side: Loc, specs: dict[str, Any], spec: ConnectorSpec, options_model: type[EntityOptions], base: Path, report: _Reporter
 ) -> dict[str, EntityPlan]:
+    """Typed options per entity, held to what the connector declares it can do.
+
+    A connector's capabilities are binding: an entity it does not offer, or a
+    delta kind it cannot read, is a job-file error here, not a traceback in
+    the middle of a migration.
+    """
     plans = {}
+    declared = spec.capabilities
     for entity, options in specs.items():
-        typed = _typed(options_model, options, (*side, "entities", entity), report)
+        loc = (*side, "entities", entity)
+        if entity not in declared.entities:
+            report.add(loc, f"connector {spec.name!r} does not handle {entity} (it handles: {', '.join(declared.entities)})")
+            continue
+        typed = _typed(options_model, options, loc, report)
         if typed is None:
             continue
         assert isinstance(typed, EntityOptions)
+        kind = _delta_kind(typed.delta)
+        if kind is not DeltaKind.NONE and kind not in declared.delta:
+            offered = [k.value for k in declared.delta if k is not DeltaKind.NONE]
+            report.add(
+                (*loc, "delta"),
+                f"connector {spec.name!r} cannot read delta: {kind.value}"
+                + (f" (it reads: {', '.join(offered)})" if offered else " (it reads no deltas)"),
+            )
         mapping = None
         if typed.mapping:
             mapping = (base / typed.mapping).resolve()
@@ -199,14 +222,14 @@ def _resolve(path: Path, job: Job, report: _Reporter) -> LoadedJob | None:
     source_config = source_entities = None
     if source and source.source:
         source_config = _typed(source.config, job.source.config, ("source", "config"), report)
-        source_entities = _entities(("source",), job.source.entities, source.source.entity_options, base, report)
+        source_entities = _entities(("source",), job.source.entities, source, source.source.entity_options, base, report)
     sinks = []
     for i, sink in enumerate(job.sinks):
         spec = _connector(sink.connector, ("sinks", i), report, "sink")
         if spec is None or spec.sink is None:
             continue
         config = _typed(spec.config, sink.config, ("sinks", i, "config"), report)
-        entities = _entities(("sinks", i), sink.entities, spec.sink.entity_options, base, report)
+        entities = _entities(("sinks", i), sink.entities, spec, spec.sink.entity_options, base, report)
         if config is not None:
             sinks.append(SinkPlan(sink.name, spec, config, entities))
     if report.problems or source is None or source_config is None or source_entities is None:

@@ -1,56 +1,46 @@
 """`kanal migrate`: snapshot every entity to completion, resumable after any crash.
 
-Order of a run:
+Order of a run (the shared steps live in `jobs.pipeline`):
 1. lock the job's state folder; reach the broker (or start the embedded one),
    the source and every sink, and prepare the targets — before any data moves;
-2. plan the chunks of every entity, or resume the stored plan of an
+2. fix the delta position of the entities with `delta:` *before* the
+   snapshot (so `kanal sync` or `kanal run` later streams from it, no gap);
+3. plan the chunks of every entity, or resume the stored plan of an
    unfinished migration (chunks already receipted are skipped);
-3. start one delivery per sink (consumer + writers), then read the chunks in
-   parallel and publish them;
-4. a chunk is checkpointed when every sink wrote all of it (`core.receipts`);
-5. when every chunk is checkpointed, sinks build what they deferred
+4. start one delivery per sink (consumer + writers), then read the chunks in
+   parallel, in one consistent snapshot of the source, and publish them;
+5. a chunk is checkpointed when every sink wrote all of it (`core.receipts`);
+6. when every chunk is checkpointed, sinks build what they deferred
    (`finish`), and the migration is marked done.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
 
-from kanal.core.connector import Chunk, Sink, Source
-from kanal.core.deliver import SinkDelivery, first_error
+from kanal.core.connector import Chunk, Source
+from kanal.core.deliver import first_error
 from kanal.core.errors import JobFailed
 from kanal.core.kafka import BoundedProducer, KafkaConnection, quiet_rdkafka
-from kanal.core.model import entity as canonical
 from kanal.core.progress import Metrics, ProgressDisplay
 from kanal.core.publish import Publisher, Rejected, SourceFlow
 from kanal.core.receipts import Receipts
-from kanal.core.retry import RetryPolicy, call_with_retry
+from kanal.core.retry import call_with_retry
 from kanal.core.state import StateStore
-from kanal.jobs.load import EntityPlan, LoadedJob
+from kanal.jobs import pipeline
+from kanal.jobs.load import LoadedJob
+from kanal.jobs.pipeline import MIGRATION, Positions
+from kanal.jobs.runtime import build_deliveries, make_source, wait_consumed
 from kanal.jobs.shared import SharedSnapshot
-from kanal.jobs.model import ErrorPolicy
-from kanal.jobs.runtime import (
-    build_deliveries,
-    dead_letter_store,
-    receipt_parties,
-    wait_consumed,
-    make_sink,
-    make_source,
-    snapshot_version,
-    source_transform,
-)
 
-MIGRATION = "migration"
 log = logging.getLogger("kanal.migrate")
 
 
@@ -68,10 +58,18 @@ class MigrationReport:
         return not self.rejected
 
 
-def _plan(loaded: LoadedJob, source: Source, state: StateStore) -> tuple[dict[str, list[Chunk]], set[tuple[str, str]], dict[str, Any]]:
-    """Reuse an unfinished migration's plan, or make a new one."""
+def _plan(
+    loaded: LoadedJob, source: Source, state: StateStore, new_position: bool
+) -> tuple[dict[str, list[Chunk]], set[tuple[str, str]], dict[str, Any]]:
+    """Reuse an unfinished migration's plan, or make a new one.
+
+    A plan is not resumed when the delta position was fixed anew: its
+    finished chunks were read before that position, and the changes between
+    the two would be in neither.
+    """
     stored = state.get(MIGRATION)
-    if stored and stored.get("status") == "running" and set(stored["entities"]) == set(loaded.source_entities):
+    resumable = stored and stored.get("status") == "running" and set(stored["entities"]) == set(loaded.source_entities)
+    if resumable and not new_position:
         plans = {e: [Chunk(c["id"], c["spec"], c.get("rows")) for c in v["chunks"]] for e, v in stored["entities"].items()}
         done = {(e, cid) for e, v in stored["entities"].items() for cid in v.get("done", {})}
         return plans, done, stored
@@ -99,69 +97,69 @@ def migrate(loaded: LoadedJob, *, console: Console | None = None, quiet: bool = 
         state.release()
 
 
-def _connect_all(loaded: LoadedJob) -> tuple[Source, dict[str, list[Sink]]]:
-    """Reach every system and prepare targets before anything moves."""
-    source = make_source(loaded)
-    call_with_retry(source.check, loaded.job.errors.retry)
-    return source, connect_sinks(loaded)
-
-
-def connect_sinks(loaded: LoadedJob, streaming: bool = False) -> dict[str, list[Sink]]:
-    """One instance per writer of every sink, checked and with its targets prepared.
-
-    `streaming`: deltas must upsert and delete by key, so a table left in
-    bulk-load state (created by a migration that never finished, or just now)
-    gets its key first (`finish`), and every instance learns that.
-    """
-    retry = loaded.job.errors.retry
-    sinks: dict[str, list[Sink]] = {}
-    for plan in loaded.sinks:
-        instances = [make_sink(plan) for _ in range(loaded.job.batch.sink_writers)]
-        for sink in instances:
-            call_with_retry(sink.check, retry)
-        _prepare(instances, plan.entities, retry)
-        if streaming:
-            for entity, ep in plan.entities.items():
-                call_with_retry(lambda e=entity, o=ep.options: instances[0].finish(e, o), retry)
-            _prepare(instances, plan.entities, retry)
-        sinks[plan.name] = instances
-    return sinks
-
-
-def _prepare(instances: list[Sink], entities: dict[str, EntityPlan], retry: RetryPolicy) -> None:
-    for sink in instances:
-        for entity, ep in entities.items():
-            call_with_retry(lambda s=sink, e=entity, o=ep.options: s.prepare(e, o), retry)
-
-
 def run_with(
-    loaded: LoadedJob, kafka: KafkaConnection, state: StateStore, console: Console | None, quiet: bool, explicit: bool = True
+    loaded: LoadedJob,
+    kafka: KafkaConnection,
+    state: StateStore,
+    console: Console | None,
+    quiet: bool,
+    explicit: bool = True,
+    positions: Positions | None = None,
 ) -> MigrationReport:
     """Migrate on an open broker connection and state (also the first step of `kanal run`).
 
     With a durable broker the chunks are shared with the job's other workers
     (`jobs.shared`); `explicit` (a `kanal migrate`) starts a new migration
-    even when an earlier one was completed by another worker.
+    even when an earlier one was completed by another worker. `positions`: the
+    caller's (`kanal run`, which streams from them next); otherwise a delta
+    reader is opened here when the job has `delta:` entities, to fix their
+    position before the snapshot.
     """
     job = loaded.job
     started = time.monotonic()
-    source, sinks = _connect_all(loaded)
-    log.debug("systems reached and targets prepared")
+    source = pipeline.connect_source(loaded)
+    sinks: dict[str, list[Any]] = {}
+    context = pipeline.delta_context(loaded)
+    own_reader = source.delta(context) if positions is None and context is not None else None
+    if own_reader is not None:
+        positions = Positions(loaded, state, own_reader)
+    try:
+        sinks = pipeline.connect_sinks(loaded)
+        log.debug("systems reached and targets prepared")
+        return _migrate(loaded, kafka, state, console, quiet, explicit, source, sinks, positions, started)
+    finally:
+        if own_reader is not None:
+            own_reader.close()
+        pipeline.close_all(source, sinks)
+
+
+def _migrate(
+    loaded: LoadedJob,
+    kafka: KafkaConnection,
+    state: StateStore,
+    console: Console | None,
+    quiet: bool,
+    explicit: bool,
+    source: Source,
+    sinks: dict[str, list[Any]],
+    positions: Positions | None,
+    started: float,
+) -> MigrationReport:
+    job = loaded.job
     entities = list(loaded.source_entities)
-    topics = {e: job.kafka.topic(e) for e in entities}
-    kafka.ensure_topics(list(topics.values()), compact=True)
-    dlq_topic = job.kafka.dlq_topic(job.name)
-    kafka.ensure_topics([dlq_topic], compact=False)
-    partitions = {e: kafka.partitions_of(t) for e, t in topics.items()}
+    topics = pipeline.Topics.open(loaded, kafka)
+    position, new_position = positions.before_snapshot() if positions is not None else (None, False)
 
     shared = None if job.kafka.embedded else SharedSnapshot(loaded, kafka)
     if shared is None:
-        plans, done, doc = _plan(loaded, source, state)
+        plans, done, doc = _plan(loaded, source, state, new_position)
     else:
         joining = shared.pending() > 0
         if not joining and not explicit and shared.completed_before():
+            # Its chunks are all read, but its sinks may still be writing: wait, so
+            # that nothing (a stream's key build) runs on tables still being loaded.
+            wait_consumed(loaded, kafka, topics.names, lambda: None)
             log.info("the migration of %s was completed by another worker", job.name)
-            source.close()
             state.update(lambda d: d.__setitem__(MIGRATION, {"status": "done", "entities": {}, "finished": time.time()}))
             return MigrationReport(job.name, time.monotonic() - started, 0, Metrics([p.name for p in loaded.sinks]))
         plans = {} if joining else {e: source.plan(e, p.options) for e, p in loaded.source_entities.items()}
@@ -178,7 +176,6 @@ def run_with(
         c.already = sum(v.get("rows", 0) + v.get("dead", 0) for v in finished.values())
         c.dead = sum(v.get("dead", 0) for v in finished.values())
     todo = [(e, ch) for e in entities for ch in plans.get(e, []) if (e, ch.id) not in done]
-    use_dlq = job.errors.policy == ErrorPolicy.DLQ
     all_done = threading.Event()
     remaining = [len(todo)]
     lock = threading.Lock()
@@ -200,30 +197,15 @@ def run_with(
             if remaining[0] <= 0:
                 all_done.set()
 
-    receipts = Receipts(receipt_parties(loaded), checkpoint)
+    receipts = Receipts(pipeline.receipt_parties(loaded), checkpoint)
     attempt = uuid.uuid4().hex
-    dead_letters = dead_letter_store(loaded)
     producer = BoundedProducer(kafka, max_in_flight=job.batch.max_in_flight, **{"compression.type": "none"})
-    publisher = Publisher(
-        job=job.name,
-        source_name=job.source.connector,
-        producer=producer,
-        receipts=receipts,
-        dead_letters=dead_letters,
-        dlq_topic=dlq_topic,
-        use_dlq=use_dlq,
-        message_rows=job.batch.message_rows,
-        attempt=attempt,
-        metrics=metrics,
-    )
+    publisher = pipeline.make_publisher(loaded, producer, receipts, topics, attempt, metrics)
     deliveries = build_deliveries(
-        loaded, kafka, sinks, receipts=receipts, dead_letters=dead_letters, producer=producer,
-        topics=topics, partitions=partitions, attempt=attempt, metrics=metrics,
+        loaded, kafka, sinks, receipts=receipts, dead_letters=publisher.dead_letters, producer=producer,
+        topics=topics.names, partitions=topics.partitions, attempt=attempt, metrics=metrics,
     )
-    flows = {
-        e: SourceFlow(canonical(e), ep.options, source_transform(ep), topics[e], partitions[e], snapshot_version(ep.options))
-        for e, ep in loaded.source_entities.items()
-    }
+    flows = topics.flows(loaded, pipeline.snapshot_versions(loaded, positions.reader if positions else None, position))
     report = MigrationReport(job.name, 0.0, len(done), metrics)
     title = f"kanal migrate {job.name}" + (f" (resuming: {len(done)} chunks already delivered)" if done else "")
     try:
@@ -238,15 +220,14 @@ def run_with(
             if shared is None:
                 if not todo:
                     all_done.set()
-                _read_all(loaded, flows, todo, publisher, deliveries, source)
+                pipeline.read_chunks(loaded, flows, todo, publisher, deliveries, source)
                 log.debug("every chunk read and published")
-                while not all_done.wait(0.1):
-                    check_failed()
+                pipeline.wait_until(all_done, check_failed)
             else:
                 if plans:
                     shared.publish_plan(producer, plans)
                 _read_shared(loaded, shared, flows, publisher, source, acked, lock, metrics, check_failed)
-            wait_consumed(loaded, kafka, topics, check_failed)
+            wait_consumed(loaded, kafka, topics.names, check_failed)
             for d in deliveries:
                 d.stop()
             for d in deliveries:
@@ -257,20 +238,11 @@ def run_with(
             log.debug("every chunk delivered")
             report.rejected = publisher.rejected
             if not report.rejected:
-                for plan in loaded.sinks:
-                    for e, ep in plan.entities.items():
-                        sink = sinks[plan.name][0]
-                        note = call_with_retry(lambda s=sink, e=e, o=ep.options: s.finish(e, o), job.errors.retry)
-                        if note:
-                            report.finish_notes.append(f"{plan.name}: {note}")
+                report.finish_notes.extend(pipeline.finish_sinks(loaded, sinks))
                 state.update(lambda d: d[MIGRATION].update(status="done", finished=time.time()))
     finally:
         for d in deliveries:
             d.stop()
-        source.close()
-        for instances in sinks.values():
-            for s in instances:
-                s.close()
     report.seconds = time.monotonic() - started
     if report.rejected:
         total = sum(r.count for r in report.rejected)
@@ -281,44 +253,6 @@ def run_with(
             "Fix the source and run the same command again: only the affected chunks are re-read."
         )
     return report
-
-
-def _read_all(
-    loaded: LoadedJob,
-    flows: dict[str, SourceFlow],
-    todo: list[tuple[str, Chunk]],
-    publisher: Publisher,
-    deliveries: list[SinkDelivery],
-    first_source: Source,
-) -> None:
-    """Read chunks with `source_workers` threads, each with its own source connection."""
-    work: queue.Queue[tuple[str, Chunk]] = queue.Queue()
-    for item in todo:
-        work.put(item)
-    errors: list[BaseException] = []
-    retry = loaded.job.errors.retry
-
-    def worker(index: int) -> None:
-        source = first_source if index == 0 else make_source(loaded)
-        try:
-            while not errors and first_error(deliveries) is None:
-                try:
-                    entity, chunk = work.get_nowait()
-                except queue.Empty:
-                    return
-                call_with_retry(lambda: publisher.publish(source, flows[entity], chunk), retry)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            errors.append(exc)
-        finally:
-            if index:
-                source.close()
-
-    workers = min(loaded.job.batch.source_workers, max(1, len(todo)))
-    with ThreadPoolExecutor(workers, thread_name_prefix="kanal-source") as pool:
-        for f in [pool.submit(worker, i) for i in range(workers)]:
-            f.result()
-    if errors:
-        raise errors[0]
 
 
 def _read_shared(

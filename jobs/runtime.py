@@ -8,13 +8,13 @@ from pathlib import Path
 
 import polars as pl
 
-from kanal.core.connector import CursorDelta, EntityOptions, Sink, Source, Transform
+from kanal.core.connector import Sink, Source, Transform
 from kanal.core.deliver import SinkDelivery, SinkFlow
 from kanal.core.dlq import DeadLetterStore
 from kanal.core.kafka import BoundedProducer, KafkaConnection
 from kanal.core.model import entity as canonical
 from kanal.core.progress import Metrics
-from kanal.core.receipts import BROKER, Receipts
+from kanal.core.receipts import Receipts
 from kanal.jobs.model import ErrorPolicy
 from kanal.core.validate import KEY
 from kanal.jobs.load import EntityPlan, LoadedJob, SinkPlan
@@ -61,11 +61,6 @@ def report_dir(loaded: LoadedJob) -> Path:
     return loaded.state_dir
 
 
-def receipt_parties(loaded: LoadedJob) -> list[str]:
-    """Who must confirm a chunk or a read: every sink (embedded broker, memory only) or the durable broker."""
-    return [p.name for p in loaded.sinks] if loaded.job.kafka.embedded else [BROKER]
-
-
 def wait_consumed(loaded: LoadedJob, kafka: KafkaConnection, topics: dict[str, str], failed: Callable[[], None]) -> None:
     """Durable broker: wait until every sink's consumer group (in any process) has committed every message.
 
@@ -83,20 +78,6 @@ def wait_consumed(loaded: LoadedJob, kafka: KafkaConnection, topics: dict[str, s
         if lag == 0:
             return
         time.sleep(0.2)
-
-
-def snapshot_version(options: EntityOptions) -> pl.Expr | None:
-    """The version snapshot rows carry, so that deltas after them compare correctly.
-
-    CDC: 0, older than every change (whose version is its LSN), so any change
-    streamed after the snapshot wins. Cursor: the cursor itself, the same
-    version the deltas will carry. No delta: none.
-    """
-    if isinstance(options.delta, CursorDelta):
-        return pl.col(options.delta.cursor).dt.epoch("us")
-    if options.delta == "cdc":
-        return pl.lit(0, pl.Int64)
-    return None
 
 
 def build_deliveries(

@@ -14,9 +14,8 @@ from kanal.core.errors import KanalError
 from kanal.core.kafka import KafkaConnection
 from kanal.core.state import StateStore
 from kanal.jobs.load import LoadedJob
-from kanal.jobs.migrate import MIGRATION
+from kanal.jobs.pipeline import MIGRATION, STREAM, require_delta
 from kanal.jobs.runtime import dead_letter_store, make_source
-from kanal.jobs.stream import STREAM, delta_context
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def _source_status(loaded: LoadedJob, position: dict[str, Any] | None) -> dict[s
     """The stored position, described by the source, and the source's own figures (slot, WAL)."""
     source = make_source(loaded)
     try:
-        reader = source.delta(delta_context(loaded))
+        reader = source.delta(require_delta(loaded))
         try:
             described = {"position": reader.describe(position)} if position else {}
             return {**described, **reader.status()}

@@ -6,7 +6,7 @@ reader is read until it is caught up (`--once` stops there; `--every` and
 `poll_s`). Each read is published as one keyed message per record and
 delivered by the same sink deliveries as a migration.
 
-What is confirmed, and when (DESIGN §4 "No loss"):
+What is confirmed, and when (no loss):
 
 * with the embedded broker (memory only) a read counts as delivered when
   every sink wrote it and committed its offsets (`core.receipts`);
@@ -18,9 +18,10 @@ slot advances) and stored in the state. A crash or `kill -9` re-reads from
 there; sinks are idempotent and version-checked, so nothing repeats visibly.
 SIGTERM/SIGINT stop reading, wait for what is in flight, confirm, exit 0.
 
-`kanal run` first fixes the delta position (`DeltaReader.start`, e.g.
-creates the slot), then migrates, then streams from that position: writes
-made during the snapshot arrive through the stream (gap-free handover).
+Every command fixes the delta position before a snapshot and streams from
+the stored one (`jobs.pipeline.Positions`): `kanal run` migrates (unless done)
+and streams; `kanal migrate` then `kanal sync` does the same in two steps.
+Writes made during the snapshot arrive through the stream (gap-free handover).
 """
 
 from __future__ import annotations
@@ -35,11 +36,10 @@ from typing import Any
 from rich.console import Console
 
 from kanal.core.confirm import Confirmations
-from kanal.core.connector import DeltaContext, DeltaReader
+from kanal.core.connector import DeltaReader
 from kanal.core.deliver import SinkDelivery, first_error
-from kanal.core.errors import ConfigError, JobFailed
+from kanal.core.errors import JobFailed
 from kanal.core.kafka import BoundedProducer, KafkaConnection, quiet_rdkafka
-from kanal.core.model import entity as canonical
 from kanal.core.progress import Metrics, ProgressDisplay
 from kanal.core.publish import Publisher, SourceFlow
 from kanal.core.receipts import Receipts
@@ -47,11 +47,12 @@ from kanal.core.retry import call_with_retry
 from kanal.core.schedule import Clock, Continuous, Schedule, SystemClock, fire_times
 from kanal.core.state import StateStore
 from kanal.jobs import migrate as migration
+from kanal.jobs import pipeline
 from kanal.jobs.load import LoadedJob
-from kanal.jobs.model import ErrorPolicy
-from kanal.jobs.runtime import build_deliveries, dead_letter_store, make_source, receipt_parties, source_transform
+from kanal.jobs.pipeline import MIGRATION, Positions
+from kanal.jobs.runtime import build_deliveries
+from kanal.jobs.shared import SharedSnapshot
 
-STREAM = "stream"
 _MAX_READS_IN_FLIGHT = 4
 """Reads published but not yet confirmed. A CDC peek starts at the slot's confirmed
 position, so every unconfirmed read is fetched again by the next one: 4 keeps the
@@ -72,16 +73,6 @@ class StreamReport:
     position: str = "unchanged"
 
 
-def delta_context(loaded: LoadedJob) -> DeltaContext:
-    entities = {e: p.options for e, p in loaded.source_entities.items() if p.options.delta is not None}
-    if not entities:
-        raise ConfigError(
-            f"{loaded.path}: no entity of the source has `delta:`; add e.g. `delta: cdc` or "
-            "`delta: {cursor: updated_at}` to the source entities that should stream"
-        )
-    return DeltaContext(loaded.name, entities)
-
-
 def open_state(loaded: LoadedJob) -> StateStore:
     """The job's state; exclusive unless the job shares a real broker with other workers."""
     state = StateStore(loaded.state_dir)
@@ -100,33 +91,29 @@ def sync(
     quiet: bool = False,
     verbose: bool = False,
 ) -> StreamReport:
-    """Stream JOB's deltas on `schedule` (continuous by default) until `stop` (or caught up, `once`)."""
-    context = delta_context(loaded)
+    """Stream JOB's deltas on `schedule` (continuous by default) until `stop` (or caught up, `once`).
+
+    `migrate_first` (`kanal run`): migrate first unless a migration is done;
+    either way the position was fixed before the snapshot, and the stream
+    starts there.
+    """
+    context = pipeline.require_delta(loaded)
     schedule = schedule or Continuous()
     stop = stop or threading.Event()
     state = open_state(loaded)
     try:
         with quiet_rdkafka(verbose), KafkaConnection(loaded.job.kafka) as kafka:
-            source = make_source(loaded)
-            call_with_retry(source.check, loaded.job.errors.retry)
+            source = pipeline.connect_source(loaded)
             reader = source.delta(context)
             try:
-                position = call_with_retry(reader.start, loaded.job.errors.retry)
-                stored = state.get(STREAM)
-                if stored and stored.get("position"):
-                    if not reader.resumable(stored["position"]):
-                        raise ConfigError(
-                            f"{loaded.path}: the source no longer holds this job's stream position "
-                            f"({reader.describe(stored['position'])}; was the replication slot dropped?), so the "
-                            f"changes since then cannot be read. Run `kanal cleanup {loaded.path.name}` and "
-                            f"`kanal run {loaded.path.name}` to migrate again"
-                        )
-                    position = stored["position"]
-                else:
-                    state.update(lambda d: d.__setitem__(STREAM, {"position": position, "since": time.time()}))
                 report = StreamReport(loaded.name, "once" if once else schedule.describe())
-                if migrate_first and (state.get(migration.MIGRATION) or {}).get("status") != "done":
-                    report.migrated = migration.run_with(loaded, kafka, state, console, quiet, explicit=False)
+                positions = Positions(loaded, state, reader)
+                if migrate_first and (state.get(MIGRATION) or {}).get("status") != "done":
+                    report.migrated = migration.run_with(loaded, kafka, state, console, quiet, explicit=False, positions=positions)
+                elif not migrate_first:
+                    migrating = not loaded.job.kafka.embedded and SharedSnapshot(loaded, kafka).pending() > 0
+                    pipeline.refuse_unfinished(loaded, state, migrating)
+                position = positions.for_stream()
                 if not stop.is_set():
                     _Stream(loaded, kafka, state, reader, position, report, stop).run(
                         schedule, clock or SystemClock(), once, console, quiet
@@ -170,37 +157,18 @@ class _Stream:
     def run(self, schedule: Schedule, clock: Clock, once: bool, console: Console | None, quiet: bool) -> None:
         job, kafka = self.job, self.kafka
         started = time.monotonic()
-        entities = list(self.loaded.source_entities)
-        topics = {e: job.kafka.topic(e) for e in entities}
-        kafka.ensure_topics(list(topics.values()), compact=True)
-        kafka.ensure_topics([job.kafka.dlq_topic(job.name)], compact=False)
-        partitions = {e: kafka.partitions_of(t) for e, t in topics.items()}
-        sinks = migration.connect_sinks(self.loaded, streaming=True)
+        topics = pipeline.Topics.open(self.loaded, kafka)
+        sinks = pipeline.connect_sinks(self.loaded, streaming=True)
         metrics = Metrics([p.name for p in self.loaded.sinks])
         self.report.metrics = metrics
-        receipts = Receipts(receipt_parties(self.loaded), self._on_receipt)
+        receipts = Receipts(pipeline.receipt_parties(self.loaded), self._on_receipt)
         delta_rows = getattr(self.loaded.source_config, "delta_rows", 50_000)
         producer = BoundedProducer(kafka, max_in_flight=delta_rows * _MAX_READS_IN_FLIGHT, **{"linger.ms": 2})
-        publisher = Publisher(
-            job=job.name,
-            source_name=job.source.connector,
-            producer=producer,
-            receipts=receipts,
-            dead_letters=dead_letter_store(self.loaded),
-            dlq_topic=job.kafka.dlq_topic(job.name),
-            use_dlq=job.errors.policy == ErrorPolicy.DLQ,
-            message_rows=job.batch.message_rows,
-            attempt=self.attempt,
-            metrics=metrics,
-        )
-        flows = {
-            e: SourceFlow(canonical(e), ep.options, source_transform(ep), topics[e], partitions[e])
-            for e, ep in self.loaded.source_entities.items()
-            if ep.options.delta is not None
-        }
+        publisher = pipeline.make_publisher(self.loaded, producer, receipts, topics, self.attempt, metrics)
+        flows = topics.flows(self.loaded, deltas_only=True)
         deliveries = build_deliveries(
             self.loaded, kafka, sinks, receipts=receipts, dead_letters=publisher.dead_letters, producer=producer,
-            topics=topics, partitions=partitions, attempt=self.attempt, metrics=metrics,
+            topics=topics.names, partitions=topics.partitions, attempt=self.attempt, metrics=metrics,
         )
         failed = False
         title = f"kanal sync {job.name} ({schedule.describe()})"
@@ -224,9 +192,7 @@ class _Stream:
             for d in deliveries:
                 d.join()
             producer.close(timeout=5 if failed else 30)
-            for instances in sinks.values():
-                for s in instances:
-                    s.close()
+            pipeline.close_all(None, sinks)
             self.report.seconds = time.monotonic() - started
         if (err := first_error(deliveries)) is not None:
             raise err
@@ -268,7 +234,7 @@ class _Stream:
             self.stop.wait(0.02)
 
     def _poll_s(self) -> float:
-        polls = [getattr(o.delta, "poll_s", None) for o in delta_context(self.loaded).entities.values()]
+        polls = [getattr(o.delta, "poll_s", None) for o in pipeline.require_delta(self.loaded).entities.values()]
         return min([p for p in polls if p] or [0.1])
 
     def _drain(self, deliveries: list[SinkDelivery], publisher: Publisher) -> None:
@@ -292,16 +258,5 @@ class _Stream:
         call_with_retry(lambda: self.reader.confirm(position), self.job.errors.retry, cancel=self.stop)
         with self._lock:
             delivered, self._delivered = self._delivered, {}
-
-        def store(doc: dict[str, Any]) -> None:
-            stream = doc.setdefault(STREAM, {})
-            stream["position"] = position
-            stream["confirmed_at"] = time.time()
-            entities = stream.setdefault("entities", {})
-            for entity, counts in delivered.items():
-                entry = entities.setdefault(entity, {"changes": 0})
-                entry["changes"] = entry.get("changes", 0) + counts["changes"]
-                entry["last_write"] = counts["last"]
-
-        self.state.update(store)
+        Positions(self.loaded, self.state, self.reader).confirmed(position, delivered)
         self.report.position = self.reader.describe(position)

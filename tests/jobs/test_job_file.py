@@ -53,3 +53,49 @@ def test_secrets_from_the_environment_never_show(cli, dbs) -> None:
     assert proc.returncode == 1
     assert "Sup3rS3cret" not in proc.stderr + proc.stdout
     assert "127.0.0.1" in proc.stderr
+
+
+def test_a_delta_kind_the_connector_cannot_read_is_a_job_file_error(cli) -> None:
+    (cli.folder / "in").mkdir()
+    job = cli.write_job(
+        """
+        name: drop
+        kafka: {bootstrap_servers: embedded}
+        source:
+          connector: files
+          config: {path: in}
+          entities:
+            stock_levels: {delta: cdc}
+        sinks:
+          - name: out
+            connector: files
+            config: {path: out}
+            entities:
+              stock_levels: {}
+        """
+    )
+    proc = cli.run("validate", str(job), timeout=60)
+    assert proc.returncode == 2
+    assert "source.entities.stock_levels.delta: connector 'files' cannot read delta: cdc (it reads: files)" in proc.stderr
+
+
+def test_an_entity_the_connector_does_not_offer_is_a_job_file_error(tmp_path, monkeypatch) -> None:
+    import dataclasses
+
+    from kanal.core import registry
+    from kanal.core.errors import ConfigError
+    from kanal.jobs.load import load_job
+
+    files = registry.get("files")
+    narrow = dataclasses.replace(files, capabilities=dataclasses.replace(files.capabilities, entities=("stock_levels",)))
+    monkeypatch.setattr(registry, "get", lambda name: narrow if name == "files" else files)
+    (tmp_path / "in").mkdir()
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: drop\nkafka: {bootstrap_servers: embedded}\n"
+        "source: {connector: files, config: {path: in}, entities: {prices: {}}}\n"
+        "sinks: [{name: out, connector: files, config: {path: out}, entities: {prices: {}}}]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_job(job)
+    assert "source.entities.prices: connector 'files' does not handle prices (it handles: stock_levels)" in err.value.message
