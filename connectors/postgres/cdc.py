@@ -430,7 +430,8 @@ def _runs(changes: list[Change]) -> list[list[Change]]:
     """Consecutive changes sharing one relation version (a column added mid-read starts a new run)."""
     runs = [[changes[0]]]
     for change in changes[1:]:
-        if change.relation == runs[-1][0].relation:
+        last = runs[-1][0].relation
+        if change.relation is last or change.relation == last:
             runs[-1].append(change)
         else:
             runs.append([change])

@@ -102,6 +102,8 @@ class PostgresSink(Sink):
             self._check_changes(entity, options, target, frame)
         conn = self._connection()
         try:
+            if not target.bulk_load:
+                self._stage(conn, entity, target)  # may commit: before the truncate floor is locked
             with conn.cursor() as cur:
                 written = 0
                 rows = frame
