@@ -95,7 +95,7 @@ class Rig:
         self.kafka.ensure_topics([self.topic, f"{self.job}.dlq"], compact=False)
         self.producer = BoundedProducer(self.kafka)
         self.metrics = Metrics(["files"])
-        self.receipts = Receipts(["files"], lambda entity, read, rows, dead: self.delivered.add(read))
+        self.receipts = Receipts({"products": ["files"]}, lambda entity, read, rows, dead: self.delivered.add(read))
         self.dead_letters = DeadLetterStore(self.folder / "dlq")
 
     def publish(self, frame: pl.DataFrame, read_id: str) -> None:

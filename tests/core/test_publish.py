@@ -43,7 +43,7 @@ def _publisher(kafka: KafkaConnection, producer: BoundedProducer, folder: Path, 
     job = f"t{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics([f"{job}.products", f"{job}.dlq"], compact=False)
     publisher = Publisher(
-        job=job, source_name="test", producer=producer, receipts=Receipts(["shop"], lambda *_: None),
+        job=job, source_name="test", producer=producer, receipts=Receipts({"products": ["shop"]}, lambda *_: None),
         dead_letters=DeadLetterStore(folder / "dlq"), dlq_topic=f"{job}.dlq", use_dlq=use_dlq, message_rows=1000,
         attempt=uuid.uuid4().hex, metrics=metrics,
     )  # fmt: skip
