@@ -50,10 +50,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from kanal.core.sinkmemory import SinkMemory
 
 
 Transform = Callable[[pl.DataFrame], pl.DataFrame]
@@ -306,6 +309,14 @@ class Sink(ABC):
     @abstractmethod
     def check(self) -> None:
         """Reach the system with the configured credentials; raise ConnectorError."""
+
+    def attach(self, memory: SinkMemory) -> None:
+        """Receive the job's durable memory of this sink (ids of records in the system).
+
+        Called by the engine before `prepare`; API sinks keep canonical key ->
+        system id there (`memory.ids`, `memory.remember_ids`).
+        """
+        self.memory = memory
 
     def prepare(self, entity: str, options: EntityOptions) -> None:  # noqa: B027 - optional hook
         """Make the target ready for `entity` (create a missing table)."""

@@ -1,0 +1,147 @@
+"""What a sink remembers about the system it writes: ids, and what it last wrote there.
+
+API systems address records by their own ids (a Shopify product GID, a
+WooCommerce numeric id), not by the canonical key. A sink that learnt "sku
+A-1 is product 4711" from a write response or a lookup keeps that here, so a
+re-run updates instead of creating a duplicate, and never looks every record
+up again. The same store keeps, per key, a hash of the content last written
+and its version; the engine uses them (see `core.deliver`) to send nothing
+for a record whose content is unchanged — API budgets are the scarcest
+resource an integrator has — and nothing older than what the system already
+holds.
+
+Losing this store costs calls, never correctness: a sink rebuilds its id map
+by looking records up by their natural key (SKU, email), never by creating
+again, and a missing hash only means the record is sent once more.
+
+One SQLite file per (job, sink) under the job's state folder, so it lives
+with the rest of the job's state (several workers of one job share it
+through a shared `state_dir`). SQLite serialises writers; each thread uses
+its own connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import polars as pl
+
+from kanal.core.connector import VERSION
+from kanal.core.validate import KEY
+
+HASH = "_kanal_hash"
+"""Column of `written` frames: the content hash of a record as last written."""
+
+_SCHEMA = """
+create table if not exists memory (
+    entity text not null,
+    key text not null,
+    system_id text,
+    hash integer,
+    version integer,
+    primary key (entity, key)
+) without rowid
+"""
+
+
+class SinkMemory:
+    """Ids and last-written hashes of one sink's records, per entity (see module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connection() as conn:
+            conn.execute("pragma journal_mode=wal")
+            conn.execute(_SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn.execute("pragma synchronous=normal")
+            self._local.conn = conn
+        return conn
+
+    # ids -----------------------------------------------------------------------
+
+    def ids(self, entity: str, keys: Iterable[str]) -> dict[str, str]:
+        """The system ids known for `keys` (keys without one are absent)."""
+        found: dict[str, str] = {}
+        wanted = list(dict.fromkeys(keys))
+        conn = self._connection()
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(
+                f"select key, system_id from memory where entity = ? and system_id is not null and key in ({marks})",
+                (entity, *part),
+            )
+            found.update(rows)
+        return found
+
+    def remember_ids(self, entity: str, ids: Mapping[str, str]) -> None:
+        with self._connection() as conn:
+            conn.executemany(
+                "insert into memory (entity, key, system_id) values (?, ?, ?) "
+                "on conflict (entity, key) do update set system_id = excluded.system_id",
+                [(entity, k, v) for k, v in ids.items()],
+            )
+
+    def forget(self, entity: str, keys: Iterable[str]) -> None:
+        """The records are gone from the system (deleted): forget their ids and hashes."""
+        with self._connection() as conn:
+            conn.executemany("delete from memory where entity = ? and key = ?", [(entity, k) for k in keys])
+
+    def forget_entity(self, entity: str) -> None:
+        """Every record of `entity` is gone (a truncate), or the map is known to be stale."""
+        with self._connection() as conn:
+            conn.execute("delete from memory where entity = ?", (entity,))
+
+    # what was written ------------------------------------------------------------
+
+    def written(self, entity: str, keys: pl.Series) -> pl.DataFrame:
+        """`KEY`, `HASH`, `VERSION` of what was last written for `keys` (unknown keys absent)."""
+        wanted = keys.unique().to_list()
+        rows: list[tuple[str, int | None, int | None]] = []
+        conn = self._connection()
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows.extend(
+                conn.execute(
+                    f"select key, hash, version from memory where entity = ? and hash is not null and key in ({marks})",
+                    (entity, *part),
+                )
+            )
+        schema = {KEY: pl.String, HASH: pl.Int64, VERSION: pl.Int64}
+        return pl.DataFrame(rows, schema=schema, orient="row")
+
+    def remember_written(self, entity: str, frame: pl.DataFrame) -> None:
+        """Store `KEY`, `HASH` (and `VERSION` where present) of records the system accepted."""
+        versions = frame.get_column(VERSION) if VERSION in frame.columns else pl.repeat(None, frame.height, dtype=pl.Int64, eager=True)
+        rows = zip(frame.get_column(KEY).to_list(), frame.get_column(HASH).to_list(), versions.to_list(), strict=True)
+        with self._connection() as conn:
+            conn.executemany(
+                "insert into memory (entity, key, hash, version) values (?, ?, ?, ?) "
+                "on conflict (entity, key) do update set hash = excluded.hash, version = excluded.version",
+                [(entity, key, h, v) for key, h, v in rows],
+            )
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def content_hash(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
+    """A hash of each record's content (the given columns), as Int64 for storage.
+
+    polars guarantees the same hash only within one polars version: after an
+    upgrade, unchanged records are sent once more, which is harmless.
+    """
+    return frame.select(columns).hash_rows(seed=0).reinterpret(signed=True).alias(HASH)

@@ -1,0 +1,54 @@
+"""The sink memory keeps ids and last-written hashes per entity, across instances and threads."""
+
+from __future__ import annotations
+
+import threading
+
+import polars as pl
+
+from kanal.core.connector import VERSION
+from kanal.core.sinkmemory import HASH, SinkMemory, content_hash
+from kanal.core.validate import KEY
+
+
+def test_ids_survive_a_new_instance_and_are_per_entity(tmp_path) -> None:
+    SinkMemory(tmp_path / "shop.sqlite").remember_ids("products", {"A": "gid://shopify/Product/1", "B": "2"})
+    memory = SinkMemory(tmp_path / "shop.sqlite")
+    assert memory.ids("products", ["A", "B", "C"]) == {"A": "gid://shopify/Product/1", "B": "2"}
+    assert memory.ids("customers", ["A"]) == {}
+    memory.forget("products", ["A"])
+    assert memory.ids("products", ["A", "B"]) == {"B": "2"}
+
+
+def test_written_hashes_and_versions_round_trip_and_keep_ids(tmp_path) -> None:
+    memory = SinkMemory(tmp_path / "m.sqlite")
+    memory.remember_ids("prices", {"k1": "77"})
+    frame = pl.DataFrame({KEY: ["k1", "k2"], "amount": ["1.00", "2.00"], VERSION: [5, 6]})
+    memory.remember_written("prices", frame.with_columns(content_hash(frame, ["amount"])))
+    got = memory.written("prices", pl.Series(["k1", "k2", "k3"])).sort(KEY)
+    assert got.get_column(KEY).to_list() == ["k1", "k2"]
+    assert got.get_column(VERSION).to_list() == [5, 6]
+    assert got.get_column(HASH).to_list() == content_hash(frame, ["amount"]).to_list()
+    assert memory.ids("prices", ["k1"]) == {"k1": "77"}  # the id outlives a hash update
+
+
+def test_hash_changes_with_content_only(tmp_path) -> None:
+    a = pl.DataFrame({"sku": ["A"], "name": ["x"], VERSION: [1]})
+    b = pl.DataFrame({"sku": ["A"], "name": ["x"], VERSION: [2]})
+    c = pl.DataFrame({"sku": ["A"], "name": ["y"], VERSION: [2]})
+    h = [content_hash(f, ["sku", "name"]).item() for f in (a, b, c)]
+    assert h[0] == h[1] != h[2]
+
+
+def test_threads_each_use_their_own_connection(tmp_path) -> None:
+    memory = SinkMemory(tmp_path / "m.sqlite")
+
+    def write(n: int) -> None:
+        memory.remember_ids("products", {f"{n}-{i}": str(i) for i in range(200)})
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(memory.ids("products", [f"{n}-{i}" for n in range(4) for i in range(200)])) == 800
