@@ -25,11 +25,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from kanal.core.connector import VERSION
+from kanal.core.connector import DELETE, OP, TRUNCATE, VERSION, WriteResult
 from kanal.core.validate import KEY
 
 HASH = "_kanal_hash"
@@ -145,3 +146,51 @@ def content_hash(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
     upgrade, unchanged records are sent once more, which is harmless.
     """
     return frame.select(columns).hash_rows(seed=0).reinterpret(signed=True).alias(HASH)
+
+
+@dataclass(frozen=True)
+class Sifted:
+    """A batch after `sift`: what to send, and how many records need no call."""
+
+    send: pl.DataFrame
+    unchanged: int
+    older: int
+
+
+def sift(memory: SinkMemory, entity: str, frame: pl.DataFrame) -> Sifted:
+    """Drop records whose content equals what was last written, or that are older than it.
+
+    The hash covers every column the sink would receive except the engine's
+    op and version, so a record re-read with a new version but the same
+    content costs no call; deletes and truncates are always sent.
+    """
+    content = [c for c in frame.columns if c not in (OP, VERSION, HASH)]
+    hashed = frame.with_columns(content_hash(frame, content))
+    known = memory.written(entity, frame.get_column(KEY))
+    if known.is_empty():
+        return Sifted(hashed, 0, 0)
+    joined = hashed.join(known.rename({HASH: "_kanal_prev_hash", VERSION: "_kanal_prev_version"}), on=KEY, how="left")
+    upsert = pl.col(OP) != pl.lit(DELETE) if OP in frame.columns else pl.lit(True)
+    if OP in frame.columns:
+        upsert = upsert & (pl.col(OP) != pl.lit(TRUNCATE))
+    older = pl.col("_kanal_prev_version").is_not_null() & (pl.col(VERSION) < pl.col("_kanal_prev_version")) if VERSION in frame.columns else pl.lit(False)
+    same = pl.col(HASH) == pl.col("_kanal_prev_hash")
+    flags = joined.select((upsert & older.fill_null(False)).alias("older"), (upsert & same.fill_null(False)).alias("same"))
+    drop_older = flags.get_column("older")
+    drop_same = flags.get_column("same") & ~drop_older
+    return Sifted(hashed.filter(~(drop_older | drop_same)), int(drop_same.sum()), int(drop_older.sum()))
+
+
+def remember_result(memory: SinkMemory, entity: str, sent: pl.DataFrame, result: WriteResult) -> None:
+    """Remember what the system now holds: written upserts by hash, deletes and truncates forgotten."""
+    if result.failed is not None and not result.failed.is_empty():
+        sent = sent.join(result.failed.select(KEY), on=KEY, how="anti")
+    if OP in sent.columns:
+        if sent.filter(pl.col(OP) == TRUNCATE).height:
+            memory.forget_entity(entity)
+        gone = sent.filter(pl.col(OP) == DELETE).get_column(KEY).to_list()
+        if gone:
+            memory.forget(entity, gone)
+        sent = sent.filter(~pl.col(OP).is_in([DELETE, TRUNCATE]))
+    if not sent.is_empty():
+        memory.remember_written(entity, sent.unique(KEY, keep="last", maintain_order=True))

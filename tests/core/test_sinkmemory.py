@@ -52,3 +52,44 @@ def test_threads_each_use_their_own_connection(tmp_path) -> None:
     for t in threads:
         t.join()
     assert len(memory.ids("products", [f"{n}-{i}" for n in range(4) for i in range(200)])) == 800
+
+
+def _batch(rows: list[tuple[str, str, int, str]]) -> pl.DataFrame:
+    from kanal.core.connector import OP
+
+    return pl.DataFrame(rows, schema={KEY: pl.String, "name": pl.String, VERSION: pl.Int64, OP: pl.String}, orient="row")
+
+
+def test_sift_sends_changed_records_only_and_never_older_ones(tmp_path) -> None:
+    from kanal.core.connector import WriteResult
+    from kanal.core.sinkmemory import remember_result, sift
+
+    memory = SinkMemory(tmp_path / "m.sqlite")
+    first = _batch([("A", "a", 10, "upsert"), ("B", "b", 10, "upsert"), ("C", "c", 10, "upsert")])
+    sifted = sift(memory, "products", first)
+    assert sifted.send.height == 3
+    failed = pl.DataFrame({KEY: ["C"], "reason": ["refused"]})
+    remember_result(memory, "products", sifted.send, WriteResult(written=2, failed=failed))
+
+    again = _batch([("A", "a", 11, "upsert"), ("B", "b2", 11, "upsert"), ("C", "c", 11, "upsert"), ("D", "d", 11, "upsert")])
+    sifted = sift(memory, "products", again)
+    assert sorted(sifted.send.get_column(KEY).to_list()) == ["B", "C", "D"]  # A unchanged; C was refused before
+    assert (sifted.unchanged, sifted.older) == (1, 0)
+    remember_result(memory, "products", sifted.send, WriteResult(written=3))
+
+    stale = _batch([("B", "b-old", 5, "upsert"), ("B", "b", 5, "delete")])
+    sifted = sift(memory, "products", stale)
+    assert sifted.older == 1 and sifted.send.get_column("_kanal_op").to_list() == ["delete"]  # deletes always go
+
+
+def test_a_delete_or_truncate_forgets_what_was_written(tmp_path) -> None:
+    from kanal.core.connector import WriteResult
+    from kanal.core.sinkmemory import remember_result, sift
+
+    memory = SinkMemory(tmp_path / "m.sqlite")
+    batch = _batch([("A", "a", 1, "upsert"), ("B", "b", 1, "upsert")])
+    remember_result(memory, "products", sift(memory, "products", batch).send, WriteResult(written=2))
+    remember_result(memory, "products", sift(memory, "products", _batch([("A", None, 2, "delete")])).send, WriteResult(written=1))
+    assert sift(memory, "products", _batch([("A", "a", 3, "upsert")])).send.height == 1  # A was deleted: send again
+    remember_result(memory, "products", sift(memory, "products", _batch([("", None, 4, "truncate")])).send, WriteResult())
+    assert sift(memory, "products", _batch([("B", "b", 5, "upsert")])).send.height == 1
