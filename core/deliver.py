@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import polars as pl
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_STORED, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kanal.core import wire
 from kanal.core.changes import keeping_engine_columns
@@ -225,13 +225,17 @@ class SinkDelivery:
         attempt: str,
         metrics: Metrics,
         partitions: dict[str, int] | None = None,
+        from_start: bool = False,
     ) -> None:
         """`capabilities` are the sink connector's, binding (see module docstring).
 
         `partitions` (topic -> count) assigns them directly instead of joining
         the consumer group: right when no other process can share the work (the
-        embedded broker), and it saves the join (half a session timeout)."""
-        self.partitions = partitions
+        embedded broker), and it saves the join (half a session timeout).
+        `from_start` (with `partitions`): the topics were just created anew, so
+        consume them from their first offset; offsets the group committed on
+        earlier topics of the same names would skip their messages."""
+        self.partitions, self.from_start = partitions, from_start
         self.name, self.job = name, job
         self.connection, self.instances, self.flows = connection, instances, flows
         self.topics = topics  # topic -> entity
@@ -286,8 +290,9 @@ class SinkDelivery:
         try:
             if self.partitions is None:
                 consumer.subscribe(list(self.topics), on_assign=self._assigned, on_revoke=self._revoked)
-            else:  # committed offsets still apply: the group id is set, only the join is skipped
-                consumer.assign([TopicPartition(t, p) for t, n in self.partitions.items() for p in range(n)])
+            else:  # committed offsets still apply unless `from_start`: the group id is set, only the join is skipped
+                offset = OFFSET_BEGINNING if self.from_start else OFFSET_STORED
+                consumer.assign([TopicPartition(t, p, offset) for t, n in self.partitions.items() for p in range(n)])
             while not self._stop.is_set():
                 self._commit_done(consumer)
                 self._hand_over(ready)

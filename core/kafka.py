@@ -142,6 +142,26 @@ class KafkaConnection:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise BrokerUnavailable(f"kafka {self.bootstrap}", f"cannot create topic {name}: {_describe(exc)}") from None
 
+    def delete_topics(self, names: list[str], timeout_s: float = 30.0) -> None:
+        """Delete topics (missing ones are fine) and return once the broker no longer lists them.
+
+        Waiting for the metadata matters: a topic still listed would not be
+        created again by `ensure_topics`, and would then vanish under it.
+        """
+        admin = AdminClient(self.config())
+        for name, future in admin.delete_topics(names, operation_timeout=timeout_s).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise BrokerUnavailable(f"kafka {self.bootstrap}", f"cannot delete topic {name}: {_describe(exc)}") from None
+        deadline = time.monotonic() + timeout_s
+        while set(names) & set(admin.list_topics(timeout=10).topics):
+            if time.monotonic() > deadline:
+                listed = ", ".join(names)
+                raise BrokerUnavailable(f"kafka {self.bootstrap}", f"topics {listed} still listed {timeout_s:.0f}s after deletion")
+            time.sleep(0.05)
+
     def partitions_of(self, topic: str) -> int:
         md = AdminClient(self.config()).list_topics(topic, timeout=10)
         return len(md.topics[topic].partitions)

@@ -92,13 +92,15 @@ def build_deliveries(
     partitions: dict[str, int],
     attempt: str,
     metrics: Metrics,
+    fresh_topics: bool = False,
 ) -> list[SinkDelivery]:
     """One delivery (consumer + writers) per sink of the job.
 
     With the embedded broker no other process can share the work, so
     partitions are assigned directly (no group join); with a real broker the
     consumers join the sink's group and Kafka spreads partitions over every
-    process running the job.
+    process running the job. `fresh_topics`: the embedded broker's topics were
+    just created anew (a stream recycling them), so they are read from offset 0.
     """
     job = loaded.job
     deliveries = []
@@ -123,6 +125,7 @@ def build_deliveries(
                 attempt=attempt,
                 metrics=metrics,
                 partitions={topics[e]: partitions[e] for e in flows} if job.kafka.embedded else None,
+                from_start=fresh_topics,
             )
         )
     return deliveries

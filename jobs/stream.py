@@ -22,6 +22,12 @@ Every command fixes the delta position before a snapshot and streams from
 the stored one (`jobs.pipeline.Positions`): `kanal run` migrates (unless done)
 and streams; `kanal migrate` then `kanal sync` does the same in two steps.
 Writes made during the snapshot arrive through the stream (gap-free handover).
+
+Memory stays bounded on the embedded broker, which keeps every message in
+memory and can delete whole topics only: once what the stream published may
+hold `RECYCLE_BYTES` of the broker's memory and every read is confirmed (so the broker holds nothing still needed), the
+stream closes its transport, deletes and recreates the job's topics and goes
+on with a new transport (`_Transport`) under a new attempt id.
 """
 
 from __future__ import annotations
@@ -30,18 +36,19 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import polars as pl
 from rich.console import Console
 
 from kanal.core.confirm import Confirmations
-from kanal.core.connector import DeltaReader
-from kanal.core.deliver import SinkDelivery, first_error
+from kanal.core.connector import DeltaReader, Sink
+from kanal.core.deliver import first_error
 from kanal.core.errors import JobFailed
 from kanal.core.kafka import BoundedProducer, KafkaConnection, quiet_rdkafka
 from kanal.core.progress import Metrics, ProgressDisplay
-from kanal.core.publish import Publisher, SourceFlow
 from kanal.core.receipts import Receipts
 from kanal.core.retry import call_with_retry
 from kanal.core.schedule import Clock, Continuous, Schedule, SystemClock, fire_times
@@ -58,6 +65,22 @@ _MAX_READS_IN_FLIGHT = 4
 position, so every unconfirmed read is fetched again by the next one: 4 keeps the
 pipeline full at half the re-reading 8 cost (measured 13.1k vs 11.4k changes/s)."""
 _DRAIN_TIMEOUT_S = 60.0
+RECYCLE_BYTES = 128 * 2**20
+"""The embedded broker memory a stream's messages may take before it recycles the job's topics.
+
+The embedded broker (Tansu 0.6) keeps every message in memory for the life of
+the command and frees it only when its topic is deleted. What a message costs
+depends on how it was batched, so the stream estimates it per read
+(`broker_bytes`) instead of counting records: a change record takes 76 bytes in
+the large lz4 batches of a busy stream, but 1.8 KiB when it is sent alone, as
+a trickle of single changes is. 128 MiB keeps Kanal (which levels off near
+550 MiB) and the broker together well under 1 GiB however long the stream
+runs; a recycle costs a wait for the reads in flight and a fraction of a
+second of topic work, every 1.3 million changes of a busy stream."""
+_RECORD_BYTES = 100
+"""Broker memory per change record beyond its batch (measured 76 in large lz4 batches)."""
+_BATCH_BYTES = 2048
+"""Broker memory per message batch (measured 1.8 KiB for a record sent alone)."""
 log = logging.getLogger("kanal.stream")
 
 
@@ -71,6 +94,17 @@ class StreamReport:
     migrated: migration.MigrationReport | None = None
     metrics: Metrics | None = None
     position: str = "unchanged"
+    recycles: int = 0
+    """How often the embedded broker's topics were deleted and recreated to free its memory."""
+
+
+def broker_bytes(frames: dict[str, pl.DataFrame], partitions: dict[str, int]) -> int:
+    """The embedded broker memory one read's messages take, at most: per record, and per batch.
+
+    An entity's records go to its topic's partitions, at most one batch each
+    (the producer lingers only milliseconds, so a read is not spread wider).
+    """
+    return sum(f.height * _RECORD_BYTES + min(f.height, partitions[e]) * _BATCH_BYTES for e, f in frames.items())
 
 
 def open_state(loaded: LoadedJob) -> StateStore:
@@ -90,12 +124,14 @@ def sync(
     console: Console | None = None,
     quiet: bool = False,
     verbose: bool = False,
+    recycle_after: int = RECYCLE_BYTES,
 ) -> StreamReport:
     """Stream JOB's deltas on `schedule` (continuous by default) until `stop` (or caught up, `once`).
 
     `migrate_first` (`kanal run`): migrate first unless a migration is done;
     either way the position was fixed before the snapshot, and the stream
-    starts there.
+    starts there. `recycle_after`: the estimated broker bytes after which an
+    embedded broker's topics are recycled (`RECYCLE_BYTES`; tests lower it).
     """
     context = pipeline.require_delta(loaded)
     schedule = schedule or Continuous()
@@ -115,7 +151,7 @@ def sync(
                     pipeline.refuse_unfinished(loaded, state, migrating)
                 position = positions.for_stream()
                 if not stop.is_set():
-                    _Stream(loaded, kafka, state, reader, position, report, stop).run(
+                    _Stream(loaded, kafka, state, reader, position, report, stop, recycle_after).run(
                         schedule, clock or SystemClock(), once, console, quiet
                     )
                 return report
@@ -124,6 +160,58 @@ def sync(
                 source.close()
     finally:
         state.release()
+
+
+class _Transport:
+    """One generation of the stream's way through the broker: producer, receipts, publisher, deliveries.
+
+    Batch ids and receipts belong to one attempt (`SinkDelivery`, `Receipts`),
+    so every generation has its own attempt id; `broker_bytes` estimates the
+    broker memory its messages take (see `RECYCLE_BYTES`).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedJob,
+        kafka: KafkaConnection,
+        topics: pipeline.Topics,
+        sinks: dict[str, list[Sink]],
+        metrics: Metrics,
+        on_receipt: Callable[[str, str, int, int], None],
+        fresh_topics: bool,
+    ) -> None:
+        self.attempt = uuid.uuid4().hex
+        self.broker_bytes = 0
+        self.flows = topics.flows(loaded, deltas_only=True)
+        receipts = Receipts(pipeline.receipt_parties(loaded), on_receipt)
+        delta_rows = getattr(loaded.source_config, "delta_rows", 50_000)
+        self.producer = BoundedProducer(kafka, max_in_flight=delta_rows * _MAX_READS_IN_FLIGHT, **{"linger.ms": 2})
+        self.publisher = pipeline.make_publisher(loaded, self.producer, receipts, topics, self.attempt, metrics)
+        self.deliveries = build_deliveries(
+            loaded, kafka, sinks, receipts=receipts, dead_letters=self.publisher.dead_letters, producer=self.producer,
+            topics=topics.names, partitions=topics.partitions, attempt=self.attempt, metrics=metrics,
+            fresh_topics=fresh_topics,
+        )  # fmt: skip
+        self._closed = False
+        for d in self.deliveries:
+            d.start()
+
+    def check(self) -> None:
+        """Raise what a delivery or the producer reported."""
+        if (err := first_error(self.deliveries)) is not None:
+            raise err
+        self.publisher.raise_send_errors()
+
+    def close(self, failed: bool) -> None:
+        """Stop the deliveries (each commits what it wrote) and the producer; once, whatever the caller."""
+        if self._closed:
+            return
+        self._closed = True
+        for d in self.deliveries:
+            d.stop()
+        for d in self.deliveries:
+            d.join()
+        self.producer.close(timeout=5 if failed else 30)
 
 
 class _Stream:
@@ -136,12 +224,13 @@ class _Stream:
         position: dict[str, Any],
         report: StreamReport,
         stop: threading.Event,
+        recycle_after: int = RECYCLE_BYTES,
     ) -> None:
         self.loaded, self.kafka, self.state, self.reader = loaded, kafka, state, reader
         self.position, self.report, self.stop = position, report, stop
+        self.recycle_after = recycle_after
         self.job = loaded.job
         self.confirmations = Confirmations()
-        self.attempt = uuid.uuid4().hex
         self._seq = 0
         self._delivered: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
@@ -155,61 +244,48 @@ class _Stream:
             counts["last"] = time.time()
 
     def run(self, schedule: Schedule, clock: Clock, once: bool, console: Console | None, quiet: bool) -> None:
-        job, kafka = self.job, self.kafka
+        job = self.job
         started = time.monotonic()
-        topics = pipeline.Topics.open(self.loaded, kafka)
-        sinks = pipeline.connect_sinks(self.loaded, streaming=True)
-        metrics = Metrics([p.name for p in self.loaded.sinks])
-        self.report.metrics = metrics
-        receipts = Receipts(pipeline.receipt_parties(self.loaded), self._on_receipt)
-        delta_rows = getattr(self.loaded.source_config, "delta_rows", 50_000)
-        producer = BoundedProducer(kafka, max_in_flight=delta_rows * _MAX_READS_IN_FLIGHT, **{"linger.ms": 2})
-        publisher = pipeline.make_publisher(self.loaded, producer, receipts, topics, self.attempt, metrics)
-        flows = topics.flows(self.loaded, deltas_only=True)
-        deliveries = build_deliveries(
-            self.loaded, kafka, sinks, receipts=receipts, dead_letters=publisher.dead_letters, producer=producer,
-            topics=topics.names, partitions=topics.partitions, attempt=self.attempt, metrics=metrics,
-        )
+        self.topics = pipeline.Topics.open(self.loaded, self.kafka)
+        self.sinks = pipeline.connect_sinks(self.loaded, streaming=True)
+        self.metrics = Metrics([p.name for p in self.loaded.sinks])
+        self.report.metrics = self.metrics
+        self.transport = self._transport(fresh_topics=False)
         failed = False
         title = f"kanal sync {job.name} ({schedule.describe()})"
         try:
-            with ProgressDisplay(metrics, title, console=console, quiet=quiet):
-                for d in deliveries:
-                    d.start()
+            with ProgressDisplay(self.metrics, title, console=console, quiet=quiet):
                 for _ in fire_times(schedule, clock, self.stop):
-                    self._catch_up(publisher, flows, deliveries)
+                    self._catch_up()
                     if once:
                         break
                     if isinstance(schedule, Continuous):
-                        self._pause(deliveries, publisher)
-                self._drain(deliveries, publisher)
+                        self._pause()
+                self._drain()
         except BaseException:
             failed = True
             raise
         finally:
-            for d in deliveries:
-                d.stop()
-            for d in deliveries:
-                d.join()
-            producer.close(timeout=5 if failed else 30)
-            pipeline.close_all(None, sinks)
+            self.transport.close(failed)
+            pipeline.close_all(None, self.sinks)
             self.report.seconds = time.monotonic() - started
-        if (err := first_error(deliveries)) is not None:
+        if (err := first_error(self.transport.deliveries)) is not None:
             raise err
 
-    def _catch_up(self, publisher: Publisher, flows: dict[str, SourceFlow], deliveries: list[SinkDelivery]) -> None:
+    def _transport(self, fresh_topics: bool) -> _Transport:
+        return _Transport(self.loaded, self.kafka, self.topics, self.sinks, self.metrics, self._on_receipt, fresh_topics)
+
+    def _catch_up(self) -> None:
         """Read until the source has nothing more, publishing and confirming as deliveries complete."""
         while not self.stop.is_set():
-            while self.confirmations.pending >= _MAX_READS_IN_FLIGHT and not self.stop.is_set():
-                self._check(deliveries, publisher)
-                self._confirm()
-                time.sleep(0.01)
+            self._confirm_while(lambda: self.confirmations.pending >= _MAX_READS_IN_FLIGHT)
             changes = call_with_retry(lambda: self.reader.read(self.position), self.job.errors.retry, cancel=self.stop)
+            transport, publisher = self.transport, self.transport.publisher
             self._seq += 1
-            read_id = f"{self.attempt[:12]}-{self._seq}"
+            read_id = f"{transport.attempt[:12]}-{self._seq}"
             self.confirmations.expect(self._seq, changes.position, set(changes.frames))
             for entity, frame in changes.frames.items():
-                publisher.publish_changes(flows[entity], frame, read_id)
+                publisher.publish_changes(transport.flows[entity], frame, read_id)
             if publisher.rejected:
                 r = publisher.rejected[0]
                 raise JobFailed(
@@ -218,18 +294,51 @@ class _Stream:
                     "confirmed: fix the source and run again"
                 )
             self.position = changes.position
+            transport.broker_bytes += broker_bytes(changes.frames, self.topics.partitions)
             self.report.reads += 1
             self.report.changes += changes.rows
-            self._check(deliveries, publisher)
+            self._check()
             self._confirm()
+            if transport.broker_bytes >= self.recycle_after and self.job.kafka.embedded:
+                self._recycle()
             if not changes.rows:
                 return
 
-    def _pause(self, deliveries: list[SinkDelivery], publisher: Publisher) -> None:
+    def _recycle(self) -> None:
+        """Free the embedded broker's memory: once every read is confirmed, delete the topics and start over.
+
+        Only then does the broker hold nothing still needed: every message was
+        written by every sink, and the position after it is stored. Dead
+        letters are in the local store too (`core.dlq`). The new topics start
+        at offset 0, and the new deliveries read them from there.
+        """
+        started = time.monotonic()
+        self._confirm_while(lambda: self.confirmations.pending > 0)
+        if self.confirmations.pending:
+            return  # stopping: the final drain confirms what is left
+        self.transport.close(failed=False)
+        self.transport.check()
+        self.kafka.delete_topics([*self.topics.names.values(), self.topics.dlq])
+        self.topics = pipeline.Topics.open(self.loaded, self.kafka)
+        self.transport = self._transport(fresh_topics=True)
+        self.report.recycles += 1
+        log.info(
+            "recycled the embedded broker's topics in %.2fs (%d so far, after %d reads)",
+            time.monotonic() - started, self.report.recycles, self.report.reads,
+        )  # fmt: skip
+
+    def _confirm_while(self, busy: Callable[[], bool]) -> None:
+        """Keep confirming what completes while `busy()` holds, unless the stream is stopping."""
+        while busy() and not self.stop.is_set():
+            self._check()
+            self._confirm()
+            time.sleep(0.01)
+
+    def _pause(self) -> None:
         """Between polls of a continuous stream: keep confirming what completes."""
         deadline = time.monotonic() + self._poll_s()
         while not self.stop.is_set() and time.monotonic() < deadline:
-            self._check(deliveries, publisher)
+            self._check()
             self._confirm()
             self.stop.wait(0.02)
 
@@ -237,19 +346,17 @@ class _Stream:
         polls = [getattr(o.delta, "poll_s", None) for o in pipeline.require_delta(self.loaded).entities.values()]
         return min([p for p in polls if p] or [0.1])
 
-    def _drain(self, deliveries: list[SinkDelivery], publisher: Publisher) -> None:
+    def _drain(self) -> None:
         """Stopping: wait for what is in flight, so the final position is confirmed."""
         deadline = time.monotonic() + _DRAIN_TIMEOUT_S
         while self.confirmations.pending and time.monotonic() < deadline:
-            self._check(deliveries, publisher)
+            self._check()
             self._confirm()
             time.sleep(0.02)
         self._confirm()
 
-    def _check(self, deliveries: list[SinkDelivery], publisher: Publisher) -> None:
-        if (err := first_error(deliveries)) is not None:
-            raise err
-        publisher.raise_send_errors()
+    def _check(self) -> None:
+        self.transport.check()
 
     def _confirm(self) -> None:
         position = self.confirmations.confirmable()
