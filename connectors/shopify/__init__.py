@@ -1,0 +1,32 @@
+"""Shopify connector: the Admin GraphQL API, source and sink.
+
+As a sink it writes products with their variants (`productSet`), list
+prices as variant prices, stock levels per location
+(`inventorySetQuantities`) and customers, in batched mutations or, for large
+writes, one bulk operation; as a source it exports the same entities by bulk
+query and follows their changes by `updated_at` searches. A simulator of
+the API for tests and trials is `kanal.connectors.shopify.simulator`.
+Configuration: `ShopifyConfig`; per entity: `ShopifyOptions`.
+"""
+
+from __future__ import annotations
+
+from kanal.connectors.shopify.config import ShopifyConfig, ShopifyOptions
+from kanal.connectors.shopify.sink import ShopifySink
+from kanal.connectors.shopify.source import ENTITIES, ShopifySource
+from kanal.core.connector import Capabilities, ConnectorSpec, DeltaKind
+
+CONNECTOR = ConnectorSpec(
+    name="shopify",
+    description="Shopify Admin GraphQL API: products and variants, prices, stock per location, customers (source and sink)",
+    config=ShopifyConfig,
+    capabilities=Capabilities(
+        entities=ENTITIES,
+        supports_deletes=True,
+        delta=(DeltaKind.NONE, DeltaKind.CURSOR),
+    ),
+    source=ShopifySource,
+    sink=ShopifySink,
+)
+
+__all__ = ["CONNECTOR", "ShopifyConfig", "ShopifyOptions", "ShopifySink", "ShopifySource"]
