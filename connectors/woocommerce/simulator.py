@@ -115,6 +115,9 @@ class WooSimulator:
         self.customers: dict[int, Record] = {}
         self.calls: Counter[str] = Counter()
         self.write_items = 0
+        self.requests = 0
+        """Every request received, answered or not (faults, throttling and refused keys included)."""
+        self.throttled = 0
         self.refused: list[Record] = []
         """Every per-item error answered, for assertions."""
         self._trashed: set[str] = set()
@@ -174,9 +177,19 @@ class WooSimulator:
         with self._lock:
             return {r["sku"]: r for r in [*self.products.values(), *self.variations.values()] if r.get("sku")}
 
-    def touch(self, record: Record, **changes: Any) -> None:
-        """Change a record as a shop manager would (for source delta tests)."""
+    def add_product(self, **fields: Any) -> Record:
+        """A product entered in the shop's admin (for source tests)."""
         with self._lock:
+            return self._create_product(fields)
+
+    def add_variation(self, parent: int, **fields: Any) -> Record:
+        with self._lock:
+            return self._create_variation(parent, fields)
+
+    def touch(self, ident: int, **changes: Any) -> None:
+        """Change a product or variation as a shop manager would (for source delta tests)."""
+        with self._lock:
+            record = self.products.get(ident) or self.variations[ident]
             record.update(changes)
             self._stamp(record)
 
@@ -184,6 +197,8 @@ class WooSimulator:
 
     def handle(self, method: str, path: str, query: dict[str, str], body: Any, auth: str | None) -> tuple[int, Any, dict[str, str]]:
         """One request: (status, JSON body, extra headers)."""
+        with self._lock:
+            self.requests += 1
         fault = self._take_fault()
         if fault is not None:
             kind, status, seconds = fault
@@ -194,6 +209,8 @@ class WooSimulator:
         with self._lock:
             wait = self._bucket.take() if self._bucket is not None else None
         if wait is not None:
+            with self._lock:
+                self.throttled += 1
             return 429, {"code": "too_many_requests", "message": "Too many requests."}, {"Retry-After": str(math.ceil(wait))}
         self._request.path = path
         try:

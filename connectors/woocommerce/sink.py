@@ -236,7 +236,9 @@ class WooSink(Sink):
         for item in items:
             if item.action == "create" and item.key in found and _same_place(found[item.key], parent):
                 ids[item.key] = found[item.key]
-                retry.update.append((item.key, {**payloads[item.key], "id": int(found[item.key].rpartition("/")[2])}))
+                # a placeholder parent someone else created meanwhile only needs to be variable
+                payload = payloads[item.key] if item.key in keys else {"type": "variable"}
+                retry.update.append((item.key, {**payload, "id": int(found[item.key].rpartition("/")[2])}))
             elif item.action == "update" and item.code in _GONE:
                 ids.pop(item.key, None)
                 self.memory.forget(entity, [keys[item.key]] if item.key in keys else [])

@@ -241,15 +241,11 @@ def _tiebreak() -> pl.Expr:
 
 
 def _products(items: pl.DataFrame) -> pl.DataFrame:
+    unset = [pl.col(c).replace("", None) for c in ("name", "description", "gtin", "weight", "tax_class", "parent_sku")]
     return items.select(
         "sku",
-        "name",
-        "description",
-        "gtin",
-        "weight",
-        "tax_class",
+        *unset,  # WooCommerce spells "not set" as ""
         (pl.col("status") == "publish").alias("active"),
-        pl.col("parent_sku").replace("", None),
         _CURSOR,
         _tiebreak(),
     )
