@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 
 import polars as pl
+import pytest
 
+from kanal.jobs.load import load_job
+from kanal.jobs.stream import sync
 from tests.conftest import Cli, Databases
 
 JOB = """
@@ -19,7 +22,7 @@ name: deliver
 kafka: {{bootstrap_servers: embedded, partitions: 1}}
 source:
   connector: postgres
-  config: {{dsn: "${{ERP_DSN}}", heartbeat_s: 1}}
+  config: {{dsn: "${{ERP_DSN}}", heartbeat_s: 1, delta_rows: {delta_rows}}}
   entities:
     products: {{table: erp_products, delta: cdc}}
 sinks:
@@ -40,14 +43,21 @@ FILES = """  - name: files
 SLOT = "select confirmed_flush_lsn from pg_replication_slots where slot_name = 'kanal_deliver'"
 
 
-def _start(cli: Cli, dbs: Databases, products: int = 40, policy: str = "dlq", files: bool = False) -> None:
+def _start(
+    cli: Cli, dbs: Databases, products: int = 40, policy: str = "dlq", files: bool = False, delta_rows: int = 50_000
+) -> None:
     """An ERP table, the job, and a first `sync --once` that fixes the stream position and creates the shop table."""
     dbs.erp_sql(
         "create table erp_products (sku text primary key, name text, weight text, updated_at timestamptz default now())"
     )
     dbs.erp_sql(f"insert into erp_products (sku, name, weight) select 'P' || g, 'n' || g, '1' from generate_series(1, {products}) g")
-    cli.write_job(JOB.format(policy=policy, files=FILES.format(path=cli.folder / "out") if files else ""))
+    files_sink = FILES.format(path=cli.folder / "out") if files else ""
+    cli.write_job(JOB.format(policy=policy, files=files_sink, delta_rows=delta_rows))
     cli.run("sync", "job.yaml", "--once", "--quiet", check=True)
+
+
+def _change_log(cli: Cli) -> pl.DataFrame:
+    return pl.concat([pl.read_ndjson(p) for p in sorted((cli.folder / "out" / "products" / "changes").glob("*.jsonl"))])
 
 
 def _dead_letters(cli: Cli) -> list[dict]:
@@ -67,11 +77,26 @@ def test_a_second_run_keeps_the_first_runs_change_files_and_dead_letters(cli: Cl
     second = cli.run("sync", "job.yaml", "--once", "--quiet", check=True)
     assert "21 changes" in second.stdout
 
-    changes = pl.concat([pl.read_ndjson(p) for p in sorted((cli.folder / "out" / "products" / "changes").glob("*.jsonl"))])
+    changes = _change_log(cli)
     assert changes.height == 42  # both runs' change logs: the second run's files did not replace the first's
     assert changes.select("sku", "_kanal_version").n_unique() == 42
     refused = {(d["key"], d["sink"]) for d in _dead_letters(cli)}
     assert refused == {("P3", "shop"), ("P4", "shop")}  # the shop refused one record in each run
+
+
+def test_change_files_survive_the_stream_recycling_its_topics(
+    cli: Cli, dbs: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recycled topics restart at offset 0 within one run: batches after a recycle must not take earlier names."""
+    _start(cli, dbs, products=400, files=True, delta_rows=100)
+    for low in range(0, 400, 100):
+        dbs.erp_sql(f"update erp_products set name = name || '+' where substr(sku, 2)::int between {low + 1} and {low + 100}")
+    monkeypatch.setenv("ERP_DSN", dbs.erp)
+    monkeypatch.setenv("SHOP_DSN", dbs.shop)
+    report = sync(load_job(cli.folder / "job.yaml"), once=True, quiet=True, recycle_after=1)  # after every read
+    assert report.recycles >= 3 and report.changes == 400
+    changes = _change_log(cli)
+    assert changes.height == 400 and changes.select("sku", "_kanal_version").n_unique() == 400
 
 
 def test_replay_does_not_write_an_older_version_over_a_newer_one(cli: Cli, dbs: Databases) -> None:
