@@ -16,7 +16,6 @@ from kanal.core.model import entity as canonical
 from kanal.core.progress import Metrics
 from kanal.core.receipts import Receipts
 from kanal.jobs.model import ErrorPolicy
-from kanal.core.validate import KEY
 from kanal.jobs.load import EntityPlan, LoadedJob, SinkPlan
 from kanal.mappings import load_mapping
 
@@ -31,16 +30,8 @@ def source_transform(plan: EntityPlan) -> Transform:
 
 
 def sink_transform(plan: EntityPlan) -> Transform:
-    """The sink mapping (canonical -> target columns); the key column always survives."""
-    if not plan.mapping:
-        return identity
-    apply = load_mapping(plan.mapping).apply
-
-    def transform(frame: pl.DataFrame) -> pl.DataFrame:
-        out = apply(frame)
-        return out if KEY in out.columns else out.with_columns(frame.get_column(KEY))
-
-    return transform
+    """The sink mapping (canonical -> target columns), or identity; `keeping_engine_columns` carries the key across it."""
+    return load_mapping(plan.mapping).apply if plan.mapping else identity
 
 
 def make_source(loaded: LoadedJob) -> Source:
