@@ -26,6 +26,7 @@ from kanal.core import registry
 from kanal.core.errors import ConfigError, KanalError
 from kanal.jobs import check as check_job
 from kanal.jobs import dlq as dlq_job
+from kanal.jobs import scaffold
 from kanal.jobs import status as status_job
 from kanal.jobs import worker as worker_job
 from kanal.jobs.cleanup import cleanup as cleanup_job
@@ -330,7 +331,8 @@ def dlq_replay(ctx: click.Context, entity: str | None) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable, with config JSON Schemas.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per connector, with the JSON Schemas of its config and per-entity options.")
 @handled
 def connectors(as_json: bool) -> None:
     """Installed connectors and their declared capabilities."""
@@ -342,6 +344,8 @@ def connectors(as_json: bool) -> None:
                 "name": spec.name, "description": spec.description, "source": spec.source is not None,
                 "sink": spec.sink is not None, "entities": list(caps.entities), "delta": [d.value for d in caps.delta],
                 "supports_deletes": caps.supports_deletes, "config": spec.config.model_json_schema(),
+                "entity_options": {side: cls.entity_options.model_json_schema()
+                                   for side, cls in (("source", spec.source), ("sink", spec.sink)) if cls is not None},
             }))
         return
     table = Table(title="installed connectors", title_justify="left")
@@ -352,6 +356,35 @@ def connectors(as_json: bool) -> None:
         table.add_row(spec.name, "yes" if spec.source else "-", "yes" if spec.sink else "-",
                       ",".join(d.value for d in caps.delta), "yes" if caps.supports_deletes else "-", spec.description)
     out.print(table)
+
+
+@main.group()
+def connector() -> None:
+    """Write your own connector: `kanal connector new NAME`."""
+
+
+@connector.command("new")
+@click.argument("name")
+@click.option("--source", "source", is_flag=True, help="Generate a source (default: source and sink).")
+@click.option("--sink", "sink", is_flag=True, help="Generate a sink (default: source and sink).")
+@click.option("--dir", "parent", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Folder in which the package folder kanal-NAME is created.")
+@handled
+def connector_new(name: str, source: bool, sink: bool, parent: str) -> None:
+    """Create a pip package for connector NAME: config, source and/or sink, a simulator, conformance tests.
+
+    It installs and passes its tests as generated; then replace the
+    simulated API's endpoints and fields with your system's.
+    """
+    created = scaffold.new_connector(name, Path(parent), source=source, sink=sink)
+    out.print(f"created {created.folder}/ (connector {created.name!r}, package {created.package}):", highlight=False)
+    for path in created.files:
+        out.print(f"  {path.as_posix()}", highlight=False)
+    out.print("next:", highlight=False)
+    out.print(f"  cd {created.folder}", highlight=False)
+    out.print(f"  pip install -e .    # registers the connector; `kanal connectors` lists {created.name}", highlight=False)
+    out.print("  pytest              # the connector contract (kanal.testing) against the simulator", highlight=False)
+    out.print(f"  then edit {created.package}/ for your system's API (guide: docs/connectors.md in Kanal)", highlight=False)
 
 
 @main.command()
