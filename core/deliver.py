@@ -46,6 +46,7 @@ from kanal.core.connector import OP, VERSION, Capabilities, EntityOptions, Sink,
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_dead_letters
 from kanal.core.errors import JobFailed, Unreachable
 from kanal.core.isolate import combine, slice_id, write_isolating
+from kanal.core.sinkmemory import HASH, SinkMemory, remember_result, sift
 from kanal.core.kafka import BoundedProducer, KafkaConnection
 from kanal.core.model import Entity
 from kanal.core.progress import Metrics
@@ -226,6 +227,7 @@ class SinkDelivery:
         metrics: Metrics,
         partitions: dict[str, int] | None = None,
         from_start: bool = False,
+        memory: SinkMemory | None = None,
     ) -> None:
         """`capabilities` are the sink connector's, binding (see module docstring).
 
@@ -243,6 +245,7 @@ class SinkDelivery:
         self.dlq_producer, self.dlq_topic, self.use_dlq = dlq_producer, dlq_topic, use_dlq
         self.retry, self.batch_rows = retry, batch_rows
         self.stable_batches, self.limits = capabilities.stable_batches, SinkLimits(capabilities)
+        self.memory = memory if capabilities.skip_unchanged else None
         self.attempt, self.metrics = attempt, metrics
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -471,11 +474,21 @@ class SinkDelivery:
             self.metrics.note(self.name, f"waiting: {exc.message} (retry {n})")
 
         started = time.monotonic()
+        sent = frame
+        if self.memory is not None:  # send only what changed, and nothing older than what the system holds
+            sifted = sift(self.memory, batch.entity, frame)
+            sent = sifted.send
+            self.metrics.add(batch.entity, "unchanged", sifted.unchanged, self.name)
+            self.metrics.add(batch.entity, "skipped", sifted.older, self.name)
+            if sent.is_empty():
+                return
         result = write_within(
-            sink, batch.entity, flow.options, frame, batch.batch_id,
+            sink, batch.entity, flow.options, sent.drop(HASH, strict=False), batch.batch_id,
             limits=self.limits, target=describe_target(self.name, batch.entity, flow.options),
             retry=self.retry, cancel=self._failed, on_retry=waiting,
         )  # fmt: skip
+        if self.memory is not None:
+            remember_result(self.memory, batch.entity, sent, result)
         self.metrics.note(self.name, None)
         log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, batch.entity, time.monotonic() - started)
         self.metrics.add(batch.entity, "written", result.written, self.name)

@@ -27,6 +27,7 @@ class EntityCounters:
     dead: int = 0
     written: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    unchanged: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # not sent: the system has it
     failed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     chunks: int = 0
     chunks_done: int = 0
@@ -61,10 +62,10 @@ class Metrics:
                 self.notes[who] = text
 
     def delivered(self, c: EntityCounters) -> int:
-        """Rows handled by every sink (written, skipped as older, or failed) plus dead letters."""
+        """Rows handled by every sink (written, skipped as older or unchanged, or failed) plus dead letters."""
         if not self.sinks:
             return c.dead
-        return min(c.written[s] + c.skipped[s] + c.failed[s] for s in self.sinks) + c.dead
+        return min(c.written[s] + c.skipped[s] + c.unchanged[s] + c.failed[s] for s in self.sinks) + c.dead
 
     @property
     def elapsed(self) -> float:

@@ -15,6 +15,7 @@ from kanal.core.kafka import BoundedProducer, KafkaConnection
 from kanal.core.model import entity as canonical
 from kanal.core.progress import Metrics
 from kanal.core.receipts import Receipts
+from kanal.core.sinkmemory import SinkMemory
 from kanal.jobs.model import ErrorPolicy
 from kanal.jobs.load import EntityPlan, LoadedJob, SinkPlan
 from kanal.mappings import load_mapping
@@ -42,6 +43,11 @@ def make_source(loaded: LoadedJob) -> Source:
 def make_sink(plan: SinkPlan) -> Sink:
     assert plan.connector.sink is not None
     return plan.connector.sink(plan.config)
+
+
+def sink_memory(loaded: LoadedJob, sink: str) -> SinkMemory:
+    """The durable memory of one sink of the job (ids in its system, what it last wrote)."""
+    return SinkMemory(loaded.state_dir / "sinks" / f"{sink}.sqlite")
 
 
 def dead_letter_store(loaded: LoadedJob) -> DeadLetterStore:
@@ -117,6 +123,7 @@ def build_deliveries(
                 metrics=metrics,
                 partitions={topics[e]: partitions[e] for e in flows} if job.kafka.embedded else None,
                 from_start=fresh_topics,
+                memory=sink_memory(loaded, plan.name),
             )
         )
     return deliveries
