@@ -53,5 +53,5 @@ def check(loaded: LoadedJob, verbose: bool = False) -> list[CheckResult]:
     if any(p.options.delta is not None for p in loaded.source_entities.values()):
         results.append(_probe_deltas(loaded))
     for plan in loaded.sinks:
-        results.append(_probe(f"sink {plan.name} ({plan.connector.name})", make_sink(plan)))
+        results.append(_probe(f"sink {plan.name} ({plan.connector.name})", make_sink(loaded, plan)))
     return results

@@ -58,7 +58,7 @@ def replay(loaded: LoadedJob, entity: str | None = None) -> ReplayResult:
         by_file[path].append(entry)
     replayed = failing = 0
     targets = {
-        plan.name: _Target(plan, make_sink(plan), SinkLimits(plan.connector.capabilities)) for plan in loaded.sinks
+        plan.name: _Target(plan, make_sink(loaded, plan), SinkLimits(plan.connector.capabilities)) for plan in loaded.sinks
     }
     run = uuid.uuid4().hex[:12]  # a sink naming its output by batch id must not overwrite an earlier replay's
     try:

@@ -46,7 +46,7 @@ from kanal.core.retry import RetryPolicy, call_with_retry
 from kanal.core.state import StateStore
 from kanal.jobs.load import EntityPlan, LoadedJob
 from kanal.jobs.model import ErrorPolicy
-from kanal.jobs.runtime import dead_letter_store, make_sink, make_source, sink_memory, source_transform
+from kanal.jobs.runtime import dead_letter_store, make_sink, make_source, source_transform
 
 MIGRATION = "migration"
 STREAM = "stream"
@@ -72,10 +72,8 @@ def connect_sinks(loaded: LoadedJob, streaming: bool = False) -> dict[str, list[
     retry = loaded.job.errors.retry
     sinks: dict[str, list[Sink]] = {}
     for plan in loaded.sinks:
-        instances = [make_sink(plan) for _ in range(loaded.job.batch.sink_writers)]
-        memory = sink_memory(loaded, plan.name)
+        instances = [make_sink(loaded, plan) for _ in range(loaded.job.batch.sink_writers)]
         for sink in instances:
-            sink.attach(memory)
             call_with_retry(sink.check, retry)
         _prepare(instances, plan.entities, retry)
         if streaming:

@@ -40,9 +40,12 @@ def make_source(loaded: LoadedJob) -> Source:
     return loaded.source.source(loaded.source_config)
 
 
-def make_sink(plan: SinkPlan) -> Sink:
+def make_sink(loaded: LoadedJob, plan: SinkPlan) -> Sink:
+    """A sink instance with the job's memory of that sink attached (`Sink.attach`)."""
     assert plan.connector.sink is not None
-    return plan.connector.sink(plan.config)
+    sink = plan.connector.sink(plan.config)
+    sink.attach(sink_memory(loaded, plan.name))
+    return sink
 
 
 def sink_memory(loaded: LoadedJob, sink: str) -> SinkMemory:
