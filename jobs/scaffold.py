@@ -76,6 +76,7 @@ def _values(name: str, sides: set[str]) -> dict[str, str]:
         "upper": name.upper(),
         "sides": " and ".join(side for side in ("source", "sink") if side in sides),
         "contracts": ", ".join(contracts),
+        "spec_imports": "Capabilities, ConnectorSpec" + (", DeltaKind" if "source" in sides else ""),
     }
 
 
