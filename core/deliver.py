@@ -35,7 +35,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import polars as pl
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_STORED, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -46,7 +46,7 @@ from kanal.core.connector import OP, VERSION, Capabilities, EntityOptions, Sink,
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_dead_letters
 from kanal.core.errors import JobFailed, Unreachable
 from kanal.core.isolate import combine, slice_id, write_isolating
-from kanal.core.sinkmemory import HASH, SinkMemory, remember_result, sift
+from kanal.core.sinkmemory import HASH, Sifted, SinkMemory, remember_result, sift
 from kanal.core.kafka import BoundedProducer, KafkaConnection
 from kanal.core.model import Entity
 from kanal.core.progress import Metrics
@@ -203,6 +203,39 @@ def write_within(
     return combine(results)
 
 
+def write_changed(
+    sink: Sink,
+    entity: str,
+    options: EntityOptions,
+    frame: pl.DataFrame,
+    batch_id: str,
+    *,
+    memory: SinkMemory | None,
+    limits: SinkLimits,
+    target: str,
+    retry: RetryPolicy,
+    cancel: threading.Event,
+    on_retry: Callable[[Unreachable, int], None] | None = None,
+) -> tuple[WriteResult, int]:
+    """Write a batch, sending a sink that keeps a `memory` only what changed (step 1, shared by runs, replay and the kit).
+
+    Records the memory holds back as older count as `skipped_older`; the
+    second value is how many were not sent because the system already has
+    them. Without a memory (sinks that compare versions themselves) this is
+    `write_within`.
+    """
+    sifted = sift(memory, entity, frame) if memory is not None else Sifted(frame, 0, 0)
+    result = WriteResult()
+    if not sifted.send.is_empty():
+        result = write_within(
+            sink, entity, options, sifted.send.drop(HASH, strict=False), batch_id,
+            limits=limits, target=target, retry=retry, cancel=cancel, on_retry=on_retry,
+        )  # fmt: skip
+        if memory is not None:
+            remember_result(memory, entity, sifted.send, result)
+    return replace(result, skipped_older=result.skipped_older + sifted.older), sifted.unchanged
+
+
 class SinkDelivery:
     """Consumes the entity topics for one sink until stopped."""
 
@@ -245,7 +278,7 @@ class SinkDelivery:
         self.dlq_producer, self.dlq_topic, self.use_dlq = dlq_producer, dlq_topic, use_dlq
         self.retry, self.batch_rows = retry, batch_rows
         self.stable_batches, self.limits = capabilities.stable_batches, SinkLimits(capabilities)
-        self.memory = memory if capabilities.skip_unchanged else None
+        self.memory = memory
         self.attempt, self.metrics = attempt, metrics
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -474,21 +507,12 @@ class SinkDelivery:
             self.metrics.note(self.name, f"waiting: {exc.message} (retry {n})")
 
         started = time.monotonic()
-        sent = frame
-        if self.memory is not None:  # send only what changed, and nothing older than what the system holds
-            sifted = sift(self.memory, batch.entity, frame)
-            sent = sifted.send
-            self.metrics.add(batch.entity, "unchanged", sifted.unchanged, self.name)
-            self.metrics.add(batch.entity, "skipped", sifted.older, self.name)
-            if sent.is_empty():
-                return
-        result = write_within(
-            sink, batch.entity, flow.options, sent.drop(HASH, strict=False), batch.batch_id,
+        result, unchanged = write_changed(
+            sink, batch.entity, flow.options, frame, batch.batch_id, memory=self.memory,
             limits=self.limits, target=describe_target(self.name, batch.entity, flow.options),
             retry=self.retry, cancel=self._failed, on_retry=waiting,
         )  # fmt: skip
-        if self.memory is not None:
-            remember_result(self.memory, batch.entity, sent, result)
+        self.metrics.add(batch.entity, "unchanged", unchanged, self.name)
         self.metrics.note(self.name, None)
         log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, batch.entity, time.monotonic() - started)
         self.metrics.add(batch.entity, "written", result.written, self.name)

@@ -44,7 +44,8 @@ create table if not exists memory (
     hash integer,
     version integer,
     primary key (entity, key)
-) without rowid
+) without rowid;
+create table if not exists floors (entity text primary key, version integer not null)
 """
 
 
@@ -57,7 +58,7 @@ class SinkMemory:
         self._local = threading.local()
         with self._connection() as conn:
             conn.execute("pragma journal_mode=wal")
-            conn.execute(_SCHEMA)
+            conn.executescript(_SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -97,10 +98,26 @@ class SinkMemory:
         with self._connection() as conn:
             conn.executemany("delete from memory where entity = ? and key = ?", [(entity, k) for k in keys])
 
-    def forget_entity(self, entity: str) -> None:
-        """Every record of `entity` is gone (a truncate), or the map is known to be stale."""
+    def truncated(self, entity: str, version: int | None) -> None:
+        """Every record of `entity` older than `version` is gone: forget them, and refuse older ones from now on.
+
+        Records older than a truncate may still arrive (from other partitions,
+        or replayed); a system that cannot compare versions itself would bring
+        them back, so the floor is kept here.
+        """
         with self._connection() as conn:
             conn.execute("delete from memory where entity = ?", (entity,))
+            if version is not None:
+                conn.execute(
+                    "insert into floors values (?, ?) on conflict (entity) do update "
+                    "set version = max(floors.version, excluded.version)",
+                    (entity, version),
+                )
+
+    def floor(self, entity: str) -> int | None:
+        """The version of the latest truncate of `entity`: nothing older may be written."""
+        row = self._connection().execute("select version from floors where entity = ?", (entity,)).fetchone()
+        return None if row is None else int(row[0])
 
     # what was written ------------------------------------------------------------
 
@@ -158,24 +175,26 @@ class Sifted:
 
 
 def sift(memory: SinkMemory, entity: str, frame: pl.DataFrame) -> Sifted:
-    """Drop records whose content equals what was last written, or that are older than it.
+    """Drop records whose content equals what was last written, or that are older than it (or a truncate).
 
     The hash covers every column the sink would receive except the engine's
     op and version, so a record re-read with a new version but the same
-    content costs no call; deletes and truncates are always sent.
+    content costs no call. Deletes and truncates are sent unless older than
+    the last truncate.
     """
     content = [c for c in frame.columns if c not in (OP, VERSION, HASH)]
     hashed = frame.with_columns(content_hash(frame, content))
+    floor = memory.floor(entity)
     known = memory.written(entity, frame.get_column(KEY))
-    if known.is_empty():
+    if known.is_empty() and floor is None:
         return Sifted(hashed, 0, 0)
     joined = hashed.join(known.rename({HASH: "_kanal_prev_hash", VERSION: "_kanal_prev_version"}), on=KEY, how="left")
-    upsert = pl.col(OP) != pl.lit(DELETE) if OP in frame.columns else pl.lit(True)
-    if OP in frame.columns:
-        upsert = upsert & (pl.col(OP) != pl.lit(TRUNCATE))
-    older = pl.col("_kanal_prev_version").is_not_null() & (pl.col(VERSION) < pl.col("_kanal_prev_version")) if VERSION in frame.columns else pl.lit(False)
-    same = pl.col(HASH) == pl.col("_kanal_prev_hash")
-    flags = joined.select((upsert & older.fill_null(False)).alias("older"), (upsert & same.fill_null(False)).alias("same"))
+    upsert = ~pl.col(OP).is_in([DELETE, TRUNCATE]) if OP in frame.columns else pl.lit(True)
+    version = pl.col(VERSION) if VERSION in frame.columns else pl.lit(None, pl.Int64)
+    older = upsert & (version < pl.col("_kanal_prev_version")).fill_null(False)
+    below_floor = (version < pl.lit(floor, pl.Int64)).fill_null(False)
+    same = upsert & (pl.col(HASH) == pl.col("_kanal_prev_hash")).fill_null(False)
+    flags = joined.select((older | below_floor).alias("older"), same.alias("same"))
     drop_older = flags.get_column("older")
     drop_same = flags.get_column("same") & ~drop_older
     return Sifted(hashed.filter(~(drop_older | drop_same)), int(drop_same.sum()), int(drop_older.sum()))
@@ -186,8 +205,9 @@ def remember_result(memory: SinkMemory, entity: str, sent: pl.DataFrame, result:
     if result.failed is not None and not result.failed.is_empty():
         sent = sent.join(result.failed.select(KEY), on=KEY, how="anti")
     if OP in sent.columns:
-        if sent.filter(pl.col(OP) == TRUNCATE).height:
-            memory.forget_entity(entity)
+        truncates = sent.filter(pl.col(OP) == TRUNCATE)
+        if truncates.height:
+            memory.truncated(entity, truncates.get_column(VERSION).max() if VERSION in sent.columns else None)  # type: ignore[arg-type]
         gone = sent.filter(pl.col(OP) == DELETE).get_column(KEY).to_list()
         if gone:
             memory.forget(entity, gone)

@@ -26,12 +26,12 @@ import polars as pl
 
 from kanal.core.changes import conform_changes, keeping_engine_columns
 from kanal.core.connector import Sink
-from kanal.core.deliver import SinkLimits, describe_target, write_within
+from kanal.core.deliver import SinkLimits, describe_target, write_changed
 from kanal.core.dlq import STAGE_SOURCE
 from kanal.core.model import entity as canonical
 from kanal.core.validate import KEY, REASON
 from kanal.jobs.load import LoadedJob, SinkPlan
-from kanal.jobs.runtime import dead_letter_store, identity, make_sink, sink_transform
+from kanal.jobs.runtime import dead_letter_store, identity, make_sink, sink_transform, write_guard
 
 
 def show(loaded: LoadedJob, entity: str | None = None) -> list[dict[str, Any]]:
@@ -90,10 +90,10 @@ def _replay_file(
         if name not in target.plan.entities or valid.is_empty():
             continue
         ep = target.plan.entities[name]
-        result = write_within(
+        result, _ = write_changed(
             target.sink, name, ep.options, keeping_engine_columns(sink_transform(ep), valid, "the sink mapping"),
-            batch_id, limits=target.limits, target=describe_target(sink_name, name, ep.options),
-            retry=loaded.job.errors.retry, cancel=threading.Event(),
+            batch_id, memory=write_guard(loaded, target.plan), limits=target.limits,
+            target=describe_target(sink_name, name, ep.options), retry=loaded.job.errors.retry, cancel=threading.Event(),
         )  # fmt: skip
         if result.failed is not None:
             refused.update(zip(result.failed.get_column(KEY).to_list(), result.failed.get_column("reason").to_list(), strict=True))

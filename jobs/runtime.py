@@ -53,6 +53,11 @@ def sink_memory(loaded: LoadedJob, sink: str) -> SinkMemory:
     return SinkMemory(loaded.state_dir / "sinks" / f"{sink}.sqlite")
 
 
+def write_guard(loaded: LoadedJob, plan: SinkPlan) -> SinkMemory | None:
+    """The memory the engine checks a sink's writes against, for sinks declaring `skip_unchanged`."""
+    return sink_memory(loaded, plan.name) if plan.connector.capabilities.skip_unchanged else None
+
+
 def dead_letter_store(loaded: LoadedJob) -> DeadLetterStore:
     return DeadLetterStore(loaded.state_dir / "dlq")
 
@@ -126,7 +131,7 @@ def build_deliveries(
                 metrics=metrics,
                 partitions={topics[e]: partitions[e] for e in flows} if job.kafka.embedded else None,
                 from_start=fresh_topics,
-                memory=sink_memory(loaded, plan.name),
+                memory=write_guard(loaded, plan),
             )
         )
     return deliveries

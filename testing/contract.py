@@ -10,7 +10,7 @@
 Each test builds connector instances the way the engine does (one per
 thread: a fresh instance stands for a fresh process) and drives them through
 their lifecycle (see `kanal.core.connector`). Sink writes go through the
-engine's write step, `kanal.core.deliver.write_within`: declared batch limits
+engine's write step, `kanal.core.deliver.write_changed`: declared batch limits
 bind, a batch the system refuses as a whole (`BatchRejected`) is bisected to
 the records at fault; for a sink declaring `skip_unchanged` the engine's
 guard applies as in a run (`kanal.core.sinkmemory.sift`: only records whose
@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,11 +38,11 @@ import pytest
 from kanal.core.connector import (
     DELETE, OP, UPSERT, VERSION, Chunk, DeltaContext, DeltaKind, DeltaReader, EntityInfo, Sink, Source, WriteResult,
 )
-from kanal.core.deliver import SinkLimits, describe_target, write_within
+from kanal.core.deliver import SinkLimits, describe_target, write_changed
 from kanal.core.errors import AuthError
 from kanal.core.model import entity as canonical
 from kanal.core.retry import RetryPolicy
-from kanal.core.sinkmemory import HASH, Sifted, SinkMemory, remember_result, sift
+from kanal.core.sinkmemory import SinkMemory
 from kanal.core.validate import KEY
 from kanal.testing.harness import Harness, as_changes, micros, truncate_row
 
@@ -298,15 +297,11 @@ class _Sinks:
     def write(self, sink: Sink, frame: pl.DataFrame, batch_id: str) -> WriteResult:
         """The engine's write step (see the module docstring); records the guard held back count as skipped."""
         entity = self.harness.entity
-        sifted = sift(self.memory, entity, frame) if self.skip_unchanged else Sifted(frame, 0, 0)
-        if sifted.send.is_empty():
-            return WriteResult(skipped_older=sifted.older)
-        target = describe_target("kit", entity, self.options)
-        result = write_within(sink, entity, self.options, sifted.send.drop(HASH, strict=False), batch_id,
-                              limits=self.limits, target=target, retry=RETRY, cancel=threading.Event())
-        if self.skip_unchanged:
-            remember_result(self.memory, entity, sifted.send, result)
-        return replace(result, skipped_older=result.skipped_older + sifted.older)
+        result, _ = write_changed(
+            sink, entity, self.options, frame, batch_id, memory=self.memory if self.skip_unchanged else None,
+            limits=self.limits, target=describe_target("kit", entity, self.options), retry=RETRY, cancel=threading.Event(),
+        )  # fmt: skip
+        return result
 
     def migrate(self, frame: pl.DataFrame, batch_id: str) -> WriteResult:
         """A migration in a fresh process: prepare, write one batch, finish."""

@@ -93,3 +93,14 @@ def test_a_delete_or_truncate_forgets_what_was_written(tmp_path) -> None:
     assert sift(memory, "products", _batch([("A", "a", 3, "upsert")])).send.height == 1  # A was deleted: send again
     remember_result(memory, "products", sift(memory, "products", _batch([("", None, 4, "truncate")])).send, WriteResult())
     assert sift(memory, "products", _batch([("B", "b", 5, "upsert")])).send.height == 1
+
+
+def test_records_older_than_a_truncate_stay_out(tmp_path) -> None:
+    from kanal.core.connector import WriteResult
+    from kanal.core.sinkmemory import remember_result, sift
+
+    memory = SinkMemory(tmp_path / "m.sqlite")
+    remember_result(memory, "products", sift(memory, "products", _batch([("", None, 50, "truncate")])).send, WriteResult())
+    late = sift(memory, "products", _batch([("A", "a", 40, "upsert"), ("B", "b", 60, "upsert"), ("C", None, 45, "delete")]))
+    assert late.send.get_column(KEY).to_list() == ["B"] and late.older == 2
+    assert SinkMemory(tmp_path / "m.sqlite").floor("products") == 50  # durable
