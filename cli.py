@@ -157,7 +157,8 @@ def _print_report(report: MigrationReport, job: str) -> None:
     for name, c in sorted(m.entities.items()):
         cells = [name, f"{c.read + c.already:,}"]
         for sink in m.sinks:
-            extra = [f"{n:,} {what}" for n, what in ((c.skipped[sink], "older"), (c.failed[sink], "refused")) if n]
+            counts = ((c.unchanged[sink], "unchanged"), (c.skipped[sink], "older"), (c.failed[sink], "refused"))
+            extra = [f"{n:,} {what}" for n, what in counts if n]
             cells.append(f"{c.written[sink]:,}" + (f" ({', '.join(extra)})" if extra else ""))
         cells.append(f"{c.dead:,}")
         table.add_row(*cells)
@@ -227,7 +228,10 @@ def _print_stream(report: StreamReport, job: str) -> None:
     m = report.metrics
     for name, c in sorted(m.entities.items()) if m else ():
         if c.read:
-            written = ", ".join(f"{s} {c.written[s]:,}" + (f" ({c.skipped[s]:,} older)" if c.skipped[s] else "") for s in m.sinks)
+            written = ", ".join(
+                f"{s} {c.written[s]:,}" + "".join(f" ({n:,} {what})" for n, what in ((c.unchanged[s], "unchanged"), (c.skipped[s], "older")) if n)
+                for s in m.sinks
+            )
             out.print(f"  {name}: {c.read:,} changes read; written: {written}; dead letters {c.dead:,}")
 
 
