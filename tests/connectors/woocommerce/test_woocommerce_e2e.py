@@ -16,7 +16,7 @@ from tests.conftest import Cli, Databases
 from tests.streaming.conftest import drop_slots  # noqa: F401 - CDC tests leave no slot behind
 from tests.waiting import wait_for
 
-PRODUCTS = 3_000
+PRODUCTS = 1_500
 
 ERP = """
 create table erp_products (sku text primary key, name text, parent_sku text, active boolean, updated_at timestamptz not null);
@@ -135,16 +135,16 @@ def test_migration_ends_equal_to_the_erp_and_a_rerun_creates_nothing(woo: Cli, d
 
 
 def test_kill_9_mid_migration_and_rerun_ends_exact(woo: Cli, dbs: Databases, sim: WooSimulator) -> None:
-    _seed(dbs, 1_000)
+    _seed(dbs, 600)
     job = _job(woo, "woo-kill")
-    sim.throttle(capacity=5, per_s=10)  # slow enough to be killed half way
+    sim.throttle(capacity=4, per_s=4)  # slow enough to be killed half way
     proc = woo.start("migrate", job, "--quiet")
     try:
-        wait_for(lambda: len(sim.products) >= 100, 60, "the migration to be under way")
+        wait_for(lambda: len(sim.products) >= 20, 60, "the migration to be under way")
     finally:
         proc.kill()
         proc.wait()
-    assert len(sim.products) + len(sim.variations) < 1_000
+    assert len(sim.products) + len(sim.variations) < 600
     sim.throttle(capacity=1_000_000, per_s=1_000_000)
     woo.run("migrate", job, "--quiet", check=True)
     _no_duplicates(sim)
@@ -152,10 +152,10 @@ def test_kill_9_mid_migration_and_rerun_ends_exact(woo: Cli, dbs: Databases, sim
 
 
 def test_throttling_and_a_502_503_burst_are_waited_out(woo: Cli, dbs: Databases, sim: WooSimulator) -> None:
-    _seed(dbs, 600)
-    sim.throttle(capacity=10, per_s=40)
-    sim.fail_next(6, 502)
-    sim.fail_next(6, 503)
+    _seed(dbs, 300)
+    sim.fail_next(2, 502)
+    sim.fail_next(2, 503)
+    sim.throttle(capacity=10, per_s=20)
     woo.run("migrate", _job(woo, "woo-outage"), "--quiet", check=True)
     assert sim.throttled > 0
     assert _shop(sim) == _erp(dbs)
