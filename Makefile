@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench torture clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/migrate.py --rows 1000000
+
+# Hostile sequences with new seeds until the time is up: `make torture MINUTES=30 FEATURES=all`
+torture: $(STAMP)
+	$(BIN)/python bench/torture.py --minutes $(or $(MINUTES),10) $(if $(FEATURES),--features $(FEATURES))
 
 clean:
 	rm -rf $(VENV) .kanal .pytest_cache
