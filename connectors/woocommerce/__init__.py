@@ -16,7 +16,9 @@ CONNECTOR = ConnectorSpec(
     name="woocommerce",
     description="WooCommerce shop over REST API v3: products and variations by SKU, list prices, stock, customers",
     config=WooConfig,
-    capabilities=Capabilities(entities=ENTITIES, supports_deletes=True, delta=(DeltaKind.NONE, DeltaKind.CURSOR)),
+    capabilities=Capabilities(
+        entities=ENTITIES, supports_deletes=True, delta=(DeltaKind.NONE, DeltaKind.CURSOR), skip_unchanged=True
+    ),
     source=WooSource,
     sink=WooSink,
 )
