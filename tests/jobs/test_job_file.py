@@ -11,7 +11,7 @@ from tests import erp
     ("edit", "expected"),
     [
         (lambda t: t.replace("connector: postgres\n  config", "connector: postgress\n  config", 1),
-         "job.yaml:6: source.connector: unknown connector 'postgress' (installed: files, postgres)"),
+         "job.yaml:6: source.connector: unknown connector 'postgress' (installed: files, postgres, shopify, woocommerce)"),
         (lambda t: t.replace("  - name: shop\n", "  - label: shop\n"), "sinks[0].name: required key is missing"),
         (lambda t: t.replace("prices: {table: erp_prices}", "prices: {table: erp_prices, chunk_rows: lots}"),
          "job.yaml:10: source.entities.prices.chunk_rows: Input should be a valid integer"),
