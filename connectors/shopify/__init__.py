@@ -23,6 +23,7 @@ CONNECTOR = ConnectorSpec(
     capabilities=Capabilities(
         entities=ENTITIES,
         supports_deletes=True,
+        skip_unchanged=True,
         delta=(DeltaKind.NONE, DeltaKind.CURSOR),
     ),
     source=ShopifySource,

@@ -173,6 +173,14 @@ class ShopifyApi:
             url = self._finish_bulk(operation)
         yield from self._download(url)
 
+    def settle(self) -> None:
+        """Wait until no bulk mutation runs on the shop (one a crashed run left may still be creating records)."""
+        while True:
+            running = self.query("query { currentBulkOperation(type: MUTATION) { id status } }")["currentBulkOperation"]
+            if running is None or running["status"] in _DONE:
+                return
+            time.sleep(self.config.bulk_poll_s)
+
     def _upload(self, content: bytes) -> str:
         data = self.query(
             "mutation stage($input: [StagedUploadInput!]!) { stagedUploadsCreate(input: $input) { "

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -34,6 +35,18 @@ create table if not exists parked (
     primary key (entity, key)
 ) without rowid
 """
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One transaction (the connection autocommits otherwise: one disk sync per row)."""
+    conn.execute("begin immediate")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("rollback")
+        raise
+    conn.execute("commit")
 
 
 class Parked:
@@ -57,7 +70,7 @@ class Parked:
 
     def park(self, entity: str, records: Iterable[tuple[str, str, int | None, dict]]) -> None:
         """Keep (key, sku, version, record) rows; a newer version of a key replaces an older one."""
-        with self._connection() as conn:
+        with _transaction(self._connection()) as conn:
             conn.executemany(
                 "insert into parked (entity, key, sku, version, record) values (?, ?, ?, ?, ?) "
                 "on conflict (entity, key) do update set sku = excluded.sku, version = excluded.version, "
@@ -73,16 +86,11 @@ class Parked:
         for start in range(0, len(wanted), 500):
             part = wanted[start : start + 500]
             marks = ",".join("?" * len(part))
-            conn.execute("begin immediate")
-            try:
+            with _transaction(conn):
                 rows = conn.execute(
                     f"select record from parked where entity = ? and sku in ({marks})", (entity, *part)
                 ).fetchall()
                 conn.execute(f"delete from parked where entity = ? and sku in ({marks})", (entity, *part))
-                conn.execute("commit")
-            except BaseException:
-                conn.execute("rollback")
-                raise
             taken.extend(orjson.loads(r[0]) for r in rows)
         return taken
 

@@ -147,6 +147,16 @@ class Bulk:
     url: str | None = None
 
 
+class _Refusal(dict):
+    """A payload with userErrors: every other field of it is null, as in Shopify's answers."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
 class _Refused(Exception):
     """A userError of the running mutation."""
 
@@ -174,6 +184,7 @@ class Simulator:
         self.bulk_lines_per_s = bulk_lines_per_s
         self.currency = currency
         self.products: dict[int, Product] = {}
+        self._handles: dict[str, int] = {}
         self.variants: dict[int, Variant] = {}
         self.items: dict[int, Item] = {}
         self.customers: dict[int, Customer] = {}
@@ -422,7 +433,7 @@ class Simulator:
         def levels(args: dict[str, Any]) -> dict[str, Any]:
             stocked = [i for i in self.items.values() if number in i.levels]
             fields = {"id": lambda i: i.id, "updated_at": lambda i: i.levels[number][1], "inventory_item_id": lambda i: i.id}
-            return self._connection(stocked, lambda i: self._level(i, number), fields, args, False)
+            return self._connection(stocked, lambda n: self._level(self.items[n], number), fields, args, False)
 
         return {
             "__typename": "Location", "id": gid("Location", number), "name": self.locations[number],
@@ -507,7 +518,7 @@ class Simulator:
                 try:
                     result = run(args)
                 except _Refused as refused:
-                    return {errors_key: [{"field": refused.field_path, "message": str(refused), "code": refused.code}]}
+                    return _Refusal({errors_key: [{"field": refused.field_path, "message": str(refused), "code": refused.code}]})
                 return {**result, errors_key: []}
 
             return call
@@ -550,12 +561,16 @@ class Simulator:
         now = self.now()
         if product is None:
             handle = data.get("handle") or _handleize(title)
-            while any(p.handle == handle for p in self.products.values()):
+            while handle in self._handles:
                 handle = f"{handle}-1"
             product = Product(self._next_id(), handle, title, created_at=now)
             self.products[product.id] = product
+            self._handles[handle] = product.id
+        elif data.get("handle") and data["handle"] != product.handle and data["handle"] not in self._handles:
+            del self._handles[product.handle]
+            product.handle = data["handle"]
+            self._handles[product.handle] = product.id
         product.title = title
-        product.handle = data.get("handle", product.handle)
         product.vendor = data.get("vendor", product.vendor)
         product.product_type = data.get("productType", product.product_type)
         product.status = data.get("status", product.status)
@@ -573,7 +588,7 @@ class Simulator:
         if identifier.get("id"):
             return self.products.get(number_of(identifier["id"]))
         if identifier.get("handle"):
-            return next((p for p in self.products.values() if p.handle == identifier["handle"]), None)
+            return self.products.get(self._handles.get(identifier["handle"], 0))
         custom = identifier.get("customId") or {}
         key = (custom.get("namespace", "custom"), custom.get("key"))
         return next((p for p in self.products.values() if p.metafields.get(key) == custom.get("value")), None)
@@ -628,6 +643,7 @@ class Simulator:
         product = self.products.pop(number, None)
         if product is None:
             raise _Refused("Product does not exist", ["id"], "PRODUCT_DOES_NOT_EXIST")
+        del self._handles[product.handle]
         for v in product.variant_ids:
             self.items.pop(self.variants.pop(v).item_id, None)
         return {"deletedProductId": gid("Product", number)}
@@ -881,7 +897,21 @@ def _search(query: str, fields: dict[str, Callable[[Any], Any]]) -> Callable[[An
         groups[-1].append(_term(token, fields))
     if query[position:].strip():
         raise gql.GraphQLError(f"cannot read search query {query!r} near {query[position:]!r}", "INVALID_SEARCH")
-    return lambda item: any(all(t(item) for t in group) for group in groups if group)
+    return _one_of(query, fields) or (lambda item: any(all(t(item) for t in group) for group in groups if group))
+
+
+def _one_of(query: str, fields: dict[str, Callable[[Any], Any]]) -> Callable[[Any], bool] | None:
+    """`sku:A OR sku:B OR ...` as one set lookup per item (lookups of many keys stay fast), else None."""
+    terms = [t.strip() for t in query.split(" OR ")]
+    matches = [_TERM.fullmatch(t) for t in terms]
+    if not all(m and not m.group("neg") and not m.group("op") for m in matches):
+        return None
+    names = {m.group("field") for m in matches if m}
+    if len(names) != 1 or next(iter(names)) in ("updated_at", "id", "product_id", "inventory_item_id"):
+        return None
+    get = fields[names.pop()]
+    values = {(m.group("value")[1:-1] if m.group("value")[:1] in "'\"" else m.group("value")).lower() for m in matches if m}
+    return lambda item: str(get(item)).lower() in values
 
 
 def _term(match: re.Match[str], fields: dict[str, Callable[[Any], Any]]) -> Callable[[Any], bool]:
@@ -905,6 +935,7 @@ def _term(match: re.Match[str], fields: dict[str, Callable[[Any], Any]]) -> Call
 class _Handler(BaseHTTPRequestHandler):
     sim: Simulator
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         """Quiet: tests and benchmarks read the counters instead."""
@@ -951,7 +982,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"errors": {"query": "Required parameter missing or invalid"}})
             return
         sim.requests["graphql"] += 1
-        status, answer = sim.graphql(match.group("version"), request)
+        try:
+            status, answer = sim.graphql(match.group("version"), request)
+        except Exception as exc:  # noqa: BLE001 - a simulator bug answers 500 with its cause, it does not hang the client
+            sim.requests["internal error"] += 1
+            status, answer = 500, {"errors": [{"message": f"simulator error: {type(exc).__name__}: {exc}"}]}
         self._json(status, answer)
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name

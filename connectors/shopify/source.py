@@ -207,7 +207,7 @@ class ShopifyCursorReader(CursorReader):
         else:
             for location in (self.options[entity].locations or {}).values():
                 yield (
-                    "query($id: ID!, $q: String!, $after: String) { location(id: $id) { inventoryLevels(first: 250, after: $after, "
+                    "query($id: ID!, $q: String!, $after: String) { location(id: $id) { inventoryLevels(first: 200, after: $after, "
                     'query: $q) { nodes { updatedAt location { id } item { id sku } quantities(names: ["available"]) { quantity } } '
                     "pageInfo { hasNextPage endCursor } } } }",
                     "location.inventoryLevels", {**variables, "id": location},
