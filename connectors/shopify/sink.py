@@ -615,10 +615,10 @@ class ShopifySink(Sink):
                 creates.append((row, CUSTOMER_CREATE, {"input": data}))
         learnt = {}
         for group in (creates, updates):
-            by_mutation: dict[Mutation, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-            for row, mutation, item in group:
-                by_mutation.setdefault(mutation, []).append((row, item))
-            for mutation, pairs in by_mutation.items():
+            by_mutation: dict[str, tuple[Mutation, list[tuple[dict[str, Any], dict[str, Any]]]]] = {}
+            for row, mutation, item in group:  # by field name: a Mutation holds a dict, it cannot be a key
+                by_mutation.setdefault(mutation.field, (mutation, []))[1].append((row, item))
+            for mutation, pairs in by_mutation.values():
                 outcomes = self.api.mutate(mutation, [item for _, item in pairs], lane=lane)
                 for (row, _), outcome in zip(pairs, outcomes, strict=True):
                     refused = user_error(outcome)
