@@ -175,6 +175,8 @@ class ShopifyCursorReader(CursorReader):
         frames, seen = [], 0
         for document, connection, variables in self._queries(entity, search):
             for nodes in self.api.nodes(document, connection, variables):
+                if "id" in variables:  # levels read per location: their location is that one
+                    nodes = [{**n, "location": {"id": variables["id"]}} for n in nodes]
                 frame = _flatten(nodes)
                 frames.append(frame)
                 seen += frame.height
@@ -207,8 +209,8 @@ class ShopifyCursorReader(CursorReader):
         else:
             for location in (self.options[entity].locations or {}).values():
                 yield (
-                    "query($id: ID!, $q: String!, $after: String) { location(id: $id) { inventoryLevels(first: 200, after: $after, "
-                    'query: $q) { nodes { updatedAt location { id } item { id sku } quantities(names: ["available"]) { quantity } } '
+                    "query($id: ID!, $q: String!, $after: String) { location(id: $id) { inventoryLevels(first: 250, after: $after, "
+                    'query: $q) { nodes { updatedAt item { id sku } quantities(names: ["available"]) { quantity } } '
                     "pageInfo { hasNextPage endCursor } } } }",
                     "location.inventoryLevels", {**variables, "id": location},
                 )

@@ -106,6 +106,7 @@ sinks:
 
 def test_changes_in_the_shop_reach_postgres_by_cursor_deltas(shop_cli: Cli, dbs: Databases, shop: Simulator) -> None:
     erp.seed(dbs.erp, products=200, families=5)
+    shop.bucket, shop.restore = 10_000.0, 1_000.0  # a Plus plan: reading every stock level again costs 3 points each
     shop_cli.write_job(erp.job(shop.url), "to-shop.yaml")
     shop_cli.run("migrate", "to-shop.yaml", "--quiet", check=True)
     shop_cli.write_job(SHOP_TO_PG.format(url=shop.url))
@@ -145,7 +146,7 @@ def test_throttling_and_a_502_503_burst_are_waited_out_without_a_failed_call(
     shop_cli: Cli, dbs: Databases, shop: Simulator
 ) -> None:
     erp.seed(dbs.erp, products=60)
-    shop.bucket, shop.restore = 1000.0, 50.0  # the older plans' bucket: 100 mutations drain it
+    shop.bucket, shop.restore = 1000.0, 100.0  # 100 mutations drain it
     shop.fail(4, 502)
     shop.fail(3, 503)
     shop_cli.write_job(erp.job(shop.url, bulk_threshold=10_000))  # mutations, each paid from the bucket
