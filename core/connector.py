@@ -131,6 +131,9 @@ class Capabilities:
     idempotent by overwriting the same object. Others get merged batches.
     A batch written in slices (pieces of `max_batch_rows`, or halves while
     isolating a refused record) gives each slice its own id, `<batch_id>@<offset>+<rows>`."""
+    supports_truncate: bool = False
+    """Sink only: applies a `truncate` row (the entity emptied at that version; older
+    records arriving later stay out). A sink without it dead-letters truncates."""
     skip_unchanged: bool = False
     """Sink only: the engine remembers what it wrote (`core.sinkmemory`) and sends
     it only records whose content changed and that are not older than what the

@@ -217,7 +217,7 @@ class SinkContract:
         sinks.write(sink, as_changes(v3, UPSERT, _version(v3)), "kit-v3")
         assert held(harness) == expected(v3, harness.marker)
 
-    def test_deletes_and_truncates_apply_and_older_records_stay_out(self, harness: Harness, sinks: _Sinks) -> None:
+    def test_deletes_apply(self, harness: Harness, sinks: _Sinks) -> None:
         if not harness.spec.capabilities.supports_deletes:
             pytest.skip("the sink does not declare supports_deletes")
         sink = sinks.streaming()
@@ -225,6 +225,13 @@ class SinkContract:
         sinks.write(sink, as_changes(v1, UPSERT, _version(v1)), "kit-v1")
         sinks.write(sink, as_changes(v1.head(1), DELETE, _version(v1) + 1), "kit-delete")
         assert held(harness) == expected(v1.slice(1), harness.marker)
+
+    def test_truncates_apply_and_older_records_stay_out(self, harness: Harness, sinks: _Sinks) -> None:
+        if not harness.spec.capabilities.supports_truncate:
+            pytest.skip("the sink does not declare supports_truncate")
+        sink = sinks.streaming()
+        v1 = harness.records(range(4), 1)
+        sinks.write(sink, as_changes(v1, UPSERT, _version(v1)), "kit-v1")
         v3 = harness.records(range(4), 3)
         sinks.write(sink, truncate_row(v1, _version(v3)), "kit-truncate")
         assert held(harness) == {}

@@ -13,6 +13,7 @@ CONNECTOR = ConnectorSpec(
     capabilities=Capabilities(
         entities=tuple(ENTITIES),
         supports_deletes=True,
+        supports_truncate=True,
         delta=(DeltaKind.NONE, DeltaKind.CDC, DeltaKind.CURSOR),
         parallel_snapshot=True,
     ),

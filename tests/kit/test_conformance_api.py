@@ -5,14 +5,14 @@ documented API over real HTTP; the harnesses put records into the shop as
 its admin would (through its API or store, backdated where the kit wants
 records changed long ago) and read what the sinks wrote from its store.
 WooCommerce and Shopify run for products and customers; Shopify's sink also
-through bulk operations and with the 2025-04 upserts. Both sinks refuse
-truncates while declaring `supports_deletes` (see `RefusesTruncates`).
+through bulk operations and with the 2025-04 upserts. Neither sink empties a
+shop on a source TRUNCATE (they do not declare `supports_truncate`), so the
+kit skips that test for them.
 """
 
 from __future__ import annotations
 
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -35,30 +35,6 @@ from kanal.testing.contract import _Sinks
 def stop_in_background(stop: Callable[[], None]) -> None:
     """Stop a simulator without waiting for it: its serve loop sees a shutdown only every 0.5 s (a test each)."""
     threading.Thread(target=stop, name="kit-simulator-stop", daemon=True).start()
-
-
-class TruncateNotApplied(Exception):
-    """The kit's delete-and-truncate test failed at the truncate, and only there."""
-
-
-class RefusesTruncates:
-    """A sink that declares `supports_deletes` but refuses truncate rows into the dead-letter queue.
-
-    The contract says such a sink applies deletes *and* truncates; the API
-    sinks refuse to empty a shop, and `Capabilities` has no way to say so.
-    Until one of the two changes, the kit's test is expected to fail exactly
-    at the truncate: a failure anywhere else (the delete) still fails, and
-    once truncates apply the strict mark fails too.
-    """
-
-    @pytest.mark.xfail(raises=TruncateNotApplied, strict=True, reason="declares supports_deletes, but refuses truncate rows")
-    def test_deletes_and_truncates_apply_and_older_records_stay_out(self, harness: Harness, sinks: _Sinks) -> None:
-        try:
-            SinkContract.test_deletes_and_truncates_apply_and_older_records_stay_out(self, harness, sinks)  # type: ignore[arg-type]
-        except AssertionError as failure:
-            if traceback.extract_tb(failure.__traceback__)[-1].line != "assert held(harness) == {}":
-                raise
-            raise TruncateNotApplied("the records are still there after the truncate") from failure
 
 
 # WooCommerce -----------------------------------------------------------------------------------
@@ -178,13 +154,13 @@ def woo_simulator() -> Iterator[WooSimulator]:
     stop_in_background(sim.stop)
 
 
-class TestWooCommerce(RefusesTruncates, SourceContract, SinkContract):
+class TestWooCommerce(SourceContract, SinkContract):
     @pytest.fixture
     def harness(self, woo_simulator: WooSimulator) -> Harness:
         return WooHarness(woo_simulator)
 
 
-class TestWooCommerceCustomers(RefusesTruncates, SourceContract, SinkContract):
+class TestWooCommerceCustomers(SourceContract, SinkContract):
     @pytest.fixture
     def harness(self, woo_simulator: WooSimulator) -> Harness:
         return WooCustomersHarness(woo_simulator)
@@ -311,19 +287,19 @@ def shopify_simulator() -> Iterator[ShopifySimulator]:
     stop_in_background(sim.stop)
 
 
-class TestShopify(RefusesTruncates, SourceContract, SinkContract):
+class TestShopify(SourceContract, SinkContract):
     @pytest.fixture
     def harness(self, shopify_simulator: ShopifySimulator) -> Harness:
         return ShopifyHarness(shopify_simulator)
 
 
-class TestShopifyCustomers(RefusesTruncates, SourceContract, SinkContract):
+class TestShopifyCustomers(SourceContract, SinkContract):
     @pytest.fixture
     def harness(self, shopify_simulator: ShopifySimulator) -> Harness:
         return ShopifyCustomersHarness(shopify_simulator)
 
 
-class TestShopifyBulk(RefusesTruncates, SinkContract):
+class TestShopifyBulk(SinkContract):
     """Every write as one bulk operation, and records the memory lost found by bulk export."""
 
     @pytest.fixture
@@ -331,7 +307,7 @@ class TestShopifyBulk(RefusesTruncates, SinkContract):
         return ShopifyHarness(shopify_simulator, bulk_threshold=1)
 
 
-class TestShopifyUpserts(RefusesTruncates, SinkContract):
+class TestShopifyUpserts(SinkContract):
     """API 2025-04: `productSet` upserts by `identifier` on Shopify's side."""
 
     @pytest.fixture
@@ -339,7 +315,7 @@ class TestShopifyUpserts(RefusesTruncates, SinkContract):
         return ShopifyHarness(shopify_simulator, api_version="2025-04")
 
 
-class TestShopifyCustomersUpserts(RefusesTruncates, SinkContract):
+class TestShopifyCustomersUpserts(SinkContract):
     """API 2025-04: customers written with `customerSet`, by `identifier`."""
 
     @pytest.fixture

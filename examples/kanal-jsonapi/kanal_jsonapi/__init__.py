@@ -14,6 +14,7 @@ CONNECTOR = ConnectorSpec(
         entities=tuple(ENTITIES),
         delta=(DeltaKind.NONE, DeltaKind.CURSOR),
         supports_deletes=True,
+        supports_truncate=True,
         max_batch_rows=100,  # the batch endpoint takes at most 100 items
     ),
     source=JsonapiSource,
