@@ -47,6 +47,7 @@ dead letters with Shopify's message, the rest are written.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterable, Iterator
@@ -60,7 +61,7 @@ from kanal.connectors.shopify.api import Mutation, Outcome, ShopifyApi, user_err
 from kanal.connectors.shopify.config import ShopifyConfig, ShopifyOptions
 from kanal.connectors.shopify.parked import Parked
 from kanal.core.connector import DELETE, OP, TRUNCATE, VERSION, EntityOptions, Sink, WriteResult
-from kanal.core.errors import ConfigError, ConnectorError
+from kanal.core.errors import ConfigError
 from kanal.core.http import Lane
 from kanal.core.validate import KEY
 
@@ -95,6 +96,7 @@ CUSTOMER_UPDATE = Mutation("customerUpdate", {"input": "CustomerInput!"}, _CUSTO
 CUSTOMER_SET = Mutation("customerSet", {"input": "CustomerSetInput!", "identifier": "CustomerSetIdentifiers"}, _CUSTOMER_FIELDS)
 CUSTOMER_DELETE = Mutation("customerDelete", {"input": "CustomerDeleteInput!"}, "deletedCustomerId userErrors { field message }")
 
+log = logging.getLogger("kanal.shopify")
 _product_turns: dict[str, threading.Lock] = {}
 _product_turns_lock = threading.Lock()
 
@@ -498,21 +500,31 @@ class ShopifySink(Sink):
         return ready
 
     def _drain_parked(self, skus: Iterable[str], lane: Lane) -> None:
-        """Write the prices and stock levels that waited for the variants just created."""
+        """Write the prices and stock levels that waited for the variants just created.
+
+        They are parked again if writing them fails (the products write is
+        then retried), and so are those Shopify refuses: they are not records
+        of this batch, so they cannot be dead letters of it; `finish` names
+        them and the log says why.
+        """
         skus = list(skus)
         if not skus:
             return
         ids = {sku: Ids.decode(t) for sku, t in self.memory.ids("products", skus).items()}
         for entity, apply in (("prices", self._apply_prices), ("stock_levels", self._apply_stock)):
             records = self.parked.take(entity, skus)
-            if records:
-                failures = _Failures()
+            if not records:
+                continue
+            failures = _Failures()
+            try:
                 apply([(ids[r["sku"]], r) for r in records if r["sku"] in ids], failures, lane)
-                if failures.keys:
-                    raise ConnectorError(
-                        self.api.system,
-                        f"{entity} that waited for their products were refused: {failures.keys[0]}: {failures.reasons[0]}",
-                    )
+            except BaseException:
+                self.parked.park(entity, [(r["key"], r["sku"], None, r) for r in records])
+                raise
+            refused = set(failures.keys)
+            for key, reason in zip(failures.keys, failures.reasons, strict=True):
+                log.warning("%s: %s %s waited for its product and was refused: %s", self.api.system, entity, key, reason)
+            self.parked.park(entity, [(r["key"], r["sku"], None, r) for r in records if r["key"] in refused])
 
     # -- prices -----------------------------------------------------------------------------
 
