@@ -155,11 +155,15 @@ class CdcReader(DeltaReader):
         self.check()
         with translated(self.system):
             tables = ", ".join(qualified(s, t) for s, t in self.tables)
-            if self._one("select 1 from pg_publication where pubname = %s", (self.publication,)):
-                self._connection().execute(f'alter publication "{self.publication}" set table {tables}')
-                self._connection().execute(f'alter publication "{self.publication}" set ({_PUBLISH})')
-            else:
-                self._connection().execute(f'create publication "{self.publication}" for table {tables} with ({_PUBLISH})')
+            # Workers of one job start together: one at a time, or PostgreSQL refuses the second
+            # catalog update ("tuple concurrently updated") or the second create.
+            with self._connection().transaction():
+                self._one("select pg_advisory_xact_lock(hashtext(%s))", (f"kanal:publication:{self.publication}",))
+                if self._one("select 1 from pg_publication where pubname = %s", (self.publication,)):
+                    self._connection().execute(f'alter publication "{self.publication}" set table {tables}')
+                    self._connection().execute(f'alter publication "{self.publication}" set ({_PUBLISH})')
+                else:
+                    self._connection().execute(f'create publication "{self.publication}" for table {tables} with ({_PUBLISH})')
             row = self._connection().execute(
                 "select confirmed_flush_lsn::text, database, current_database() from pg_replication_slots "
                 "where slot_name = %s",

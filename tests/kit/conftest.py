@@ -29,7 +29,8 @@ class Installed:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(self.site), "COLUMNS": "200"}
+        env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # the outer run's options are not theirs
+        return {**env, "PYTHONPATH": str(self.site), "COLUMNS": "200"}
 
     def kanal(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*KANAL, *args], cwd=cwd or self.folder.parent, env=self.env, capture_output=True,
@@ -38,8 +39,12 @@ class Installed:
     def pytest(self, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
         """Run the package's tests; returns the process and each test's outcome (passed, failed, skipped)."""
         report = self.folder.parent / f"report-{len(list(self.folder.parent.glob('report-*.xml')))}.xml"
+        # Its own --basetemp: by default pytest keeps only the newest three temp folders of a user, so
+        # runs started from a test would delete the running suite's folder (its PostgreSQL data among them).
+        basetemp = self.folder.parent / f"pytest-{report.stem}"
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=90", f"--junitxml={report}", *args],
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=90", f"--basetemp={basetemp}",
+             f"--junitxml={report}", *args],
             cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=240,
         )
         return proc, outcomes(report)

@@ -177,3 +177,27 @@ def _wait_for_xid_wait(dbs: Databases, holder: psycopg.Connection) -> None:
         30,
         f"the slot to wait for transaction {xid}",
     )
+
+
+def test_workers_starting_together_set_up_the_publication_one_at_a_time(make: Make) -> None:
+    """Two workers of one job start at once: both must get the position (no catalog-update race)."""
+    readers = [make() for _ in range(4)]
+    for round_ in range(5):
+        if round_:
+            readers[0].cleanup()  # drop slot and publication: the next round creates them again, all at once
+        barrier = threading.Barrier(len(readers))
+        errors: list[BaseException] = []
+
+        def start(reader: CdcReader) -> None:
+            barrier.wait(10)
+            try:
+                reader.start()
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(r,)) for r in readers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
