@@ -1,8 +1,8 @@
 """Run torture sequences with new seeds until the time is up; every divergence is a bug to replay.
 
     .venv/bin/python bench/torture.py --minutes 10
-    .venv/bin/python bench/torture.py --minutes 30 --features all        # include features still being fixed
-    .venv/bin/python bench/torture.py --seed 1234 --count 1               # replay one sequence
+    .venv/bin/python bench/torture.py --minutes 30 --features all        # also what is known to fail
+    .venv/bin/python bench/torture.py --seed 1234 --count 1 --actions 5   # replay one sequence
 
 Each sequence (see tests/torture/harness.py) drives the `kanal` CLI through
 a hostile series of commands (kill -9 at random moments, SIGTERM, a sink
@@ -97,7 +97,7 @@ def _summary(results: list[Result], features: frozenset[str], base: Path, keep: 
     option = f" --features {names}" if names else ""
     for r in diverged:
         print(f"  seed {r.seed}: {r.divergences[0]}")
-        print(f"    replay: .venv/bin/python bench/torture.py --seed {r.seed} --count 1{option}")
+        print(f"    replay: .venv/bin/python bench/torture.py --seed {r.seed} --count 1 --actions {r.max_actions}{option}")
         print(f"    or:     {r.replay()}")
     if not diverged and not keep:
         shutil.rmtree(base, ignore_errors=True)

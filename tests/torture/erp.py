@@ -13,7 +13,9 @@ to follow:
   position covers it (its copy in a target stays);
 * cursor tables get no delete-like change at all (a cursor cannot see them);
 * prices with the invalid currency `XXX1` are never made valid by a write:
-  they belong in the dead letters, never in a target.
+  they belong in the dead letters, never in a target;
+* the only UPDATEs that leave `updated_at` alone change nothing else either
+  (`shuffle`, rows moved during a fresh snapshot).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ CURRENCIES = ("EUR", "USD", "CHF")
 PRICE_LISTS = ("base", "b2b", "promo")
 OVERLAP_S = 2.0
 NARROW = 24
-"""Width of the name column of an existing shop table under `refused_rows`."""
+"""The longest name shop_products takes under `refused_rows` (a varchar column or a CHECK)."""
 
 FIELDS: dict[str, tuple[str, ...]] = {
     "products": ("sku", "name", "gtin", "active", "brand", "updated_at"),
@@ -131,7 +133,7 @@ def create(s: Scenario, dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for statement in ddl:
             conn.execute(statement)
-        if s.has("concurrent_snapshot"):
+        if s.moving_rows:
             # free space in the first third of each table, so an UPDATE of a row near the end lands in front
             for t in tables(s).values():
                 conn.execute(
@@ -216,10 +218,10 @@ class Writer:
                 ops["truncate"] = (0.15, self._truncate)
             if s.has("truncate_partition") and s.partitioned and t.name == "erp_prices":
                 ops["truncate-partition"] = (0.3, self._truncate_partition)
-        if s.has("large_txn"):
+        if s.has("large_txn") or (s.has("cursor_equal_ts") and not cdc):
             ops["large"] = (0.3, self._large)
         if s.has("invalid_rows") and t.name == "erp_prices":
-            ops["invalid"] = (0.5, self._invalid)
+            ops["invalid"] = (2 if s.has("dlq_exactly_once") else 0.5, self._invalid)
         if s.narrow_names and "products" in t.entities:
             ops["long-name"] = (1, self._long_name)
         if s.has("add_column") and "products" in t.entities:

@@ -3,19 +3,24 @@
 A sequence gets fresh databases (the ERP on a server with `wal_level =
 logical`, the shop on a second server that can be stopped), a fresh job
 folder, and drives Kanal only through its command line with the embedded
-broker, as a user would. Then comes the catch-up the README promises:
+broker, as a user would. Then comes the catch-up the README promises for
+`kanal run`: it "fixes the position, migrates unless a migration is done,
+then streams from the position" (resuming an unfinished migration and the
+stored position after a crash). So the final step is `kanal run` until every
+sink equals the ERP (and, for CDC, until the slot has confirmed everything),
+then SIGTERM, which must exit 0. After it: the sinks still equal the source;
+refused rows, once the target takes them, are replayed from the dead letters
+without undoing newer writes; every invalid ERP row is a dead letter; no
+`kanal` process and no embedded broker is left; the only replication slot
+is the job's own, inactive, and `kanal cleanup` removes it.
 
-    `kanal run JOB` takes the delta position (or resumes the stored one),
-    finishes or repeats nothing of a done migration, and streams: once it
-    has caught up, every sink equals the source.
+Along the way every command must exit 0 unless it was killed; `sync` may
+refuse an unfinished migration (exit 2), as documented.
 
-So the final step is `kanal run` until every sink equals the ERP (and, for
-CDC, until the slot has confirmed everything), then SIGTERM, which must exit
-0. After it: the sinks still equal the source; refused rows, once the column
-is wide enough, are replayed from the dead letters without undoing newer
-writes; every invalid ERP row is a dead letter; no `kanal` process and no
-embedded broker is left; the only replication slot is the job's own,
-inactive, and `kanal cleanup` removes it.
+What the sequences stay clear of, because nothing promises it: deletes
+while no slot exists (see `erp`), a `cleanup` with changes still in the
+slot (it is drained first), rows moved between the chunks of a *resumed*
+migration of a cursor job, cursor transactions open longer than the overlap.
 
 Everything found is a divergence: a sentence naming what and where, never
 an exception, so one sequence reports all it saw.
@@ -64,6 +69,7 @@ class Servers:
 class Result:
     seed: int
     features: frozenset[str]
+    max_actions: int
     scenario: str
     log: list[str] = field(default_factory=list)
     divergences: list[str] = field(default_factory=list)
@@ -77,7 +83,8 @@ class Result:
         return not self.divergences
 
     def replay(self) -> str:
-        return f"KANAL_TORTURE_SEED={self.seed}{features_env(self.features)} .venv/bin/python -m pytest -q tests/torture"
+        return (f"KANAL_TORTURE_SEED={self.seed} KANAL_TORTURE_ACTIONS={self.max_actions}"
+                f"{features_env(self.features)} .venv/bin/python -m pytest -q tests/torture")
 
     def report(self) -> str:
         lines = [f"torture seed {self.seed}: {self.scenario}", *(f"  {line}" for line in self.log)]
@@ -94,12 +101,14 @@ class Sequence:
     def __init__(self, scenario: Scenario, servers: Servers, folder: Path) -> None:
         self.s, self.servers = scenario, servers
         self.folder = folder
-        self.result = Result(scenario.seed, scenario.features, scenario.describe(), folder=folder)
+        self.result = Result(scenario.seed, scenario.features, scenario.max_actions, scenario.describe(), folder=folder)
         self.slot = "kanal_" + scenario.job.replace("-", "_")
         self.commands = 0
         self.reported: set[str] = set()
+        self.constrained = False
+        """Under `narrow_names` with a created table: the CHECK that refuses long names is in place."""
         self.widened = False
-        """Under `narrow_names`: the refusing column was widened (refused rows count from then on)."""
+        """Under `narrow_names`: shop_products takes long names again (refused rows count from then on)."""
         self.migration_interrupted = False
         """A migration was left unfinished: the next `run`/`migrate` resumes it (see `_shuffler`)."""
         self.erp = self.shop = ""
@@ -112,7 +121,8 @@ class Sequence:
         tag = uuid.uuid4().hex[:8]
         self.erp = self.servers.erp.create_database(f"torture_erp_{tag}")
         self.shop = self.servers.sink.create_database(f"torture_shop_{tag}")
-        self.env = {**os.environ, "ERP_DSN": self.erp, "SHOP_DSN": self.shop, "COLUMNS": "200"}
+        # PYTHONFAULTHANDLER: a hung command killed by SIGABRT leaves every thread's stack in its .err file
+        self.env = {**os.environ, "ERP_DSN": self.erp, "SHOP_DSN": self.shop, "COLUMNS": "200", "PYTHONFAULTHANDLER": "1"}
         self.writer = erp.Writer(self.s, self.erp, self._slot_exists)
         try:
             erp.create(self.s, self.erp)
@@ -190,9 +200,9 @@ class Sequence:
                     termed, deadline = True, elapsed + STOP_TIMEOUT_S
                 time.sleep(0.05)
             else:
-                self._diverged(f"`kanal {' '.join(args)}` still running after {elapsed:.0f}s (hung); killed")
-                proc.kill()
-                proc.wait()
+                self._diverged(f"`kanal {' '.join(args)}` still running after {elapsed:.0f}s (hung); its threads' "
+                               f"stacks are in {name}.err")
+                abort(proc)
         finally:
             outage.end()
             stop_writing.set()
@@ -203,7 +213,7 @@ class Sequence:
         rc = proc.returncode
         really_killed = killed and rc == -signal.SIGKILL
         self.result.kills += really_killed
-        if step.action in ("run", "migrate") and self.s.has("concurrent_snapshot"):
+        if step.action in ("run", "migrate") and self.s.moving_rows:
             self.migration_interrupted = self._migration_state() == "running"
         wrote = f", {len(self.writer.done) - ops_before} concurrent writes" if step.writes else ""
         self._log(f"{step.describe()} -> rc {rc} after {time.monotonic() - started:.1f}s"
@@ -214,6 +224,18 @@ class Sequence:
         elif not really_killed and rc != 0:
             self._diverged(f"`kanal {' '.join(args)}` exited {rc}: {error}")
         self._no_leftovers(tree, f"`kanal {args[0]}`")
+        self._refuse_long_names()
+
+    def _refuse_long_names(self) -> None:
+        """Under `narrow_names` with a table Kanal created: once it exists, a CHECK refuses long names."""
+        if not self.s.narrow_names or "products" in self.s.existing or self.constrained:
+            return
+        with psycopg.connect(self.shop, autocommit=True) as conn:
+            if conn.execute("select to_regclass('shop_products')").fetchone()[0] is None:  # type: ignore[index]
+                return
+            conn.execute(f"alter table shop_products add constraint torture_name_width check (length(name) <= {erp.NARROW}) not valid")
+        self.constrained = True
+        self._log(f"  shop_products now refuses names longer than {erp.NARROW} (CHECK)")
 
     def _concurrent_writer(self, step: Step, stop: threading.Event) -> threading.Thread | None:
         if not step.writes:
@@ -230,7 +252,7 @@ class Sequence:
         return thread
 
     def _shuffler(self, step: Step, stop: threading.Event) -> threading.Thread | None:
-        """Under `concurrent_snapshot`: rows move between chunks while this command's snapshot reads.
+        """Under `moving_rows`: rows move between chunks while this command's snapshot reads.
 
         Only where one consistent snapshot is promised: a migration that
         starts afresh and is not killed. A resumed one reads its remaining
@@ -238,7 +260,7 @@ class Sequence:
         to arrive only through a stream that sees the UPDATE (a cursor does
         not see these).
         """
-        if not self.s.has("concurrent_snapshot") or step.kill_s is not None or self.migration_interrupted:
+        if not self.s.moving_rows or step.kill_s is not None or self.migration_interrupted:
             return None
 
         def move() -> None:
@@ -290,9 +312,9 @@ class Sequence:
             try:
                 proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                self._diverged(f"`kanal run` (catch-up) did not stop within {STOP_TIMEOUT_S:.0f}s of SIGTERM")
-                proc.kill()
-                proc.wait()
+                self._diverged(f"`kanal run` (catch-up) did not stop within {STOP_TIMEOUT_S:.0f}s of SIGTERM; its "
+                               "threads' stacks are in zz-catch-up.err")
+                abort(proc)
         finally:
             out.close()
             err.close()
@@ -325,12 +347,15 @@ class Sequence:
         self._check_slots_then_cleanup()
 
     def _replay_refused(self) -> None:
-        """Widen the column that refused names, replay the dead letters: targets equal the source, none left."""
+        """Let shop_products take long names, replay the dead letters: targets equal the source, none left."""
         with psycopg.connect(self.shop, autocommit=True) as conn:
-            conn.execute("alter table shop_products alter column name type text")
+            if "products" in self.s.existing:
+                conn.execute("alter table shop_products alter column name type text")
+            else:
+                conn.execute("alter table shop_products drop constraint if exists torture_name_width")
         self.widened = True
         proc = self._kanal("dlq", "job.yaml", "replay")
-        self._log(f"widened shop_products.name; dlq replay -> rc {proc.returncode}: {proc.stdout.strip()}")
+        self._log(f"shop_products takes long names now; dlq replay -> rc {proc.returncode}: {proc.stdout.strip()}")
         if proc.returncode not in (0, 1) or "Traceback" in proc.stderr:
             self._diverged(f"`kanal dlq replay` exited {proc.returncode}: {_tail(proc.stderr)}")
         self._report("after `kanal dlq replay`", self.differences())
@@ -455,6 +480,17 @@ class Sequence:
                     "and not active", (name,)
                 )
                 conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def abort(proc: subprocess.Popen[bytes]) -> None:
+    """End a hung command so that it says where it hung: SIGABRT makes Python's fault handler print
+    every thread's stack to stderr (the environment enables it); SIGKILL if that does not end it."""
+    proc.send_signal(signal.SIGABRT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def stop_server(server: pg.Server) -> None:

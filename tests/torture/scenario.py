@@ -49,7 +49,8 @@ FEATURES: dict[str, Feature] = {
         Feature("partitioned", "erp_prices is partitioned by price_list"),
         Feature("shared_table", "products and stock_levels read one table"),
         Feature("existing_targets", "shop tables that exist beforehand (own key, updated_at, no _kanal_version)"),
-        Feature("refused_rows", "an existing shop column too narrow for some names: sink dead letters, replayed"),
+        Feature("refused_rows", "shop_products refuses long names (an existing narrow column, or a CHECK added to the "
+                "table Kanal created): sink dead letters, replayed once the target accepts them"),
         Feature("unversioned_target", "with refused_rows: the existing shop_products has no version column"),
         Feature("concurrent_snapshot", "rows moved between snapshot chunks by no-op UPDATEs during a snapshot"),
         Feature("cursor_skew", "cursor timestamps up to half the overlap in the past"),
@@ -61,10 +62,10 @@ FEATURES: dict[str, Feature] = {
     )
 }
 
-ENABLED: frozenset[str] = frozenset(
-    {"kill9", "sink_restart", "concurrent", "cursor", "invalid_rows", "large_txn", "second_sink"}
-)
-"""Features that pass on the current code; `make test` runs these."""
+ENABLED: frozenset[str] = frozenset(FEATURES) - {"truncate_partition", "unversioned_target"}
+"""Features that pass on the current code; `make test` runs these. Left out: `truncate_partition` (a
+documented limit) and `unversioned_target` (`kanal dlq replay` into a table without a version column
+writes an older version over a newer one)."""
 
 
 def parse_features(text: str | None, base: frozenset[str] = ENABLED) -> frozenset[str]:
@@ -146,8 +147,11 @@ class Scenario:
     shared_table: bool
     existing: frozenset[str]
     """Entities whose shop table exists before the first run."""
+    moving_rows: bool
+    """Rows move between snapshot chunks while fresh migrations read (a cursor job: nothing else repairs it)."""
     narrow_names: bool
-    """shop_products exists with a name column too narrow for some names (refused rows)."""
+    """shop_products refuses names longer than `erp.NARROW`: an existing varchar column when products is in
+    `existing`, else a CHECK constraint the harness adds to the table Kanal created."""
     unversioned: bool
     """shop_products exists without `updated_at`: nothing for the sink to compare versions with."""
     sinks: dict[str, tuple[str, ...]]
@@ -155,6 +159,8 @@ class Scenario:
     delta_rows: int
     steps: tuple[Step, ...]
     products: int = 300
+    max_actions: int = 5
+    """The bound `generate` drew the number of commands under: part of what replays the sequence."""
     prices_per_product: int = 8
     chunk_rows: int = 1_000
 
@@ -177,10 +183,13 @@ class Scenario:
             shape.append("partitioned-prices")
         if self.shared_table:
             shape.append("shared-table")
+        if self.moving_rows:
+            shape.append("moving-rows")
         if self.existing:
             shape.append(f"existing[{','.join(sorted(self.existing))}]")
         if self.narrow_names:
-            shape.append("narrow-names" + ("-unversioned" if self.unversioned else ""))
+            how = "unversioned" if self.unversioned else "column" if "products" in self.existing else "check"
+            shape.append(f"narrow-names({how})")
         shape.append("sinks[" + "; ".join(f"{s}:{','.join(e)}" for s, e in self.sinks.items()) + "]")
         return " ".join(shape) + "\n  steps: " + " | ".join(s.describe() for s in self.steps)
 
@@ -194,20 +203,20 @@ def generate(seed: int, features: frozenset[str], max_actions: int = 5) -> Scena
     rng = random.Random(seed)
     has = features.__contains__
     delta = _deltas(rng, has, features)
-    cdc = "cdc" in delta.values()
     partitioned = has("partitioned") and rng.random() < 0.75
     shared = has("shared_table") and delta["products"] == delta["stock_levels"] == "cdc" and rng.random() < 0.6
-    existing = {e for e in ENTITIES if has("existing_targets") and rng.random() < 0.6}
-    narrow = has("refused_rows") and rng.random() < 0.8
-    unversioned = narrow and has("unversioned_target") and rng.random() < 0.6
-    if narrow:
-        existing.add("products")
     sinks = _sinks(rng, has)
+    existing = {e for e in ENTITIES if has("existing_targets") and rng.random() < 0.6}
+    narrow = has("refused_rows") and "products" in sinks["shop"] and rng.random() < 0.8
+    unversioned = narrow and has("unversioned_target") and rng.random() < 0.6
+    if unversioned or (narrow and rng.random() < 0.5):
+        existing.add("products")
     steps = _steps(rng, has, max_actions)
     delta_rows = rng.choice((100, 1_000))
-    products = 1_000 if has("concurrent_snapshot") else 300  # more chunks, a longer snapshot to move rows in
-    return Scenario(seed, features, delta, partitioned, shared, frozenset(existing), narrow, unversioned, sinks,
-                    delta_rows, tuple(steps), products)
+    moving = has("concurrent_snapshot") and "cursor" in delta.values() and rng.random() < 0.7
+    products = 1_000 if moving else 300  # more chunks, a longer snapshot to move rows in
+    return Scenario(seed, features, delta, partitioned, shared, frozenset(existing), moving, narrow, unversioned,
+                    sinks, delta_rows, tuple(steps), products, max_actions)
 
 
 def _deltas(rng: random.Random, has: Has, features: frozenset[str]) -> dict[str, str]:

@@ -102,7 +102,7 @@ def create_existing(s: Scenario, erp: str, shop: str) -> None:
     that was filled by an earlier integration would; the migration must
     overwrite them.
     """
-    name_type = f"varchar({NARROW})" if s.narrow_names else "text"
+    name_type = f"varchar({NARROW})" if s.narrow_names else "text"  # (a CHECK on a created table otherwise)
     version = "" if s.unversioned else ", updated_at timestamptz"
     ddl = {
         "products": f"""create table shop_products (sku text primary key, name {name_type}, gtin text, active boolean,
