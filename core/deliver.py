@@ -514,6 +514,8 @@ class SinkDelivery:
         )  # fmt: skip
         self.metrics.add(batch.entity, "unchanged", unchanged, self.name)
         self.metrics.note(self.name, None)
+        accepted = frame if result.failed is None else frame.join(result.failed.select(KEY), on=KEY, how="anti")
+        self.dead_letters.supersede(batch.entity, accepted.select([c for c in (KEY, OP, VERSION) if c in frame.columns]), self.name)
         log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, batch.entity, time.monotonic() - started)
         self.metrics.add(batch.entity, "written", result.written, self.name)
         self.metrics.add(batch.entity, "skipped", result.skipped_older, self.name)

@@ -30,7 +30,7 @@ import orjson
 import polars as pl
 from confluent_kafka import KafkaError
 
-from kanal.core.connector import OP, VERSION
+from kanal.core.connector import OP, TRUNCATE, VERSION
 from kanal.core.errors import BrokerUnavailable
 from kanal.core.kafka import BoundedProducer
 from kanal.core.validate import KEY, REASON
@@ -38,6 +38,10 @@ from kanal.core.wire import H_ENTITY, H_JOB
 
 STAGE_SOURCE = "source"
 STAGE_SINK = "sink"
+
+
+_STORE_LOCK = threading.Lock()
+"""Writers of one process replace and prune dead-letter files under this lock, so no update is lost."""
 
 
 def _safe(tag: str) -> str:
@@ -68,6 +72,10 @@ class DeadLetterStore:
 
     def put(self, entity: str, stage: str, tag: str, letters: pl.DataFrame) -> None:
         """Replace the dead letters of (entity, stage, tag) with `letters`."""
+        with _STORE_LOCK:
+            self._put(entity, stage, tag, letters)
+
+    def _put(self, entity: str, stage: str, tag: str, letters: pl.DataFrame) -> None:
         path = self.folder / entity / f"{stage}-{_safe(tag)}.jsonl"
         if letters.is_empty():
             path.unlink(missing_ok=True)
@@ -103,6 +111,43 @@ class DeadLetterStore:
 
     def count(self, entity: str | None = None) -> int:
         return len(self.letters(entity))
+
+    def supersede(self, entity: str, written: pl.DataFrame, sink: str) -> int:
+        """Drop dead letters that a later write made obsolete; returns how many.
+
+        `written` holds `KEY` and `VERSION` (and `OP`) of records `sink` just
+        accepted. A dead letter of the same key with an older version — set
+        aside by this sink, or at the source — must never be replayed: the
+        record was changed or deleted since, and a delete leaves nothing in the
+        target for a version check to compare with. A truncate makes every
+        older letter of the entity obsolete.
+        """
+        files = self.files(entity)
+        if not files or VERSION not in written.columns or written.is_empty():
+            return 0
+        truncate = written.filter(pl.col(OP) == TRUNCATE) if OP in written.columns else written.clear()
+        floor = truncate.get_column(VERSION).max() if not truncate.is_empty() else None
+        newest = dict(written.group_by(KEY).agg(pl.col(VERSION).max()).iter_rows())
+
+        def obsolete(entry: dict[str, Any]) -> bool:
+            if entry.get("stage") != STAGE_SOURCE and entry.get("sink") != sink:
+                return False
+            version = (entry.get("record") or {}).get(VERSION)
+            later = max((v for v in (newest.get(entry["key"]), floor) if v is not None), default=None)
+            return later is not None and (version is None or version < later)
+
+        dropped = 0
+        with _STORE_LOCK:
+            for path in files:
+                try:
+                    entries = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+                except FileNotFoundError:
+                    continue
+                kept = [e for e in entries if not obsolete(e)]
+                if len(kept) < len(entries):
+                    dropped += len(entries) - len(kept)
+                    self.replace_file(path, kept)
+        return dropped
 
     def replace_file(self, path: Path, entries: list[dict[str, Any]]) -> None:
         """Rewrite one file with the entries that remain (after a replay)."""

@@ -34,3 +34,16 @@ def test_a_record_set_aside_again_after_a_crash_is_one_dead_letter(tmp_path: Pat
     assert sorted((d["key"], d["record"][VERSION]) for d in store.letters()) == [("P1", 5), ("P2", 6), ("P2", 7)]
     assert store.count("products") == 3
     assert sum(1 for _ in store.read()) == 4  # replay still sees (and clears) every copy
+
+
+def test_a_later_write_of_the_key_makes_older_dead_letters_obsolete(tmp_path: Path) -> None:
+    """A refused record deleted (or changed) at the source since must never be replayed into existence."""
+    store = DeadLetterStore(tmp_path)
+    store.put("products", STAGE_SINK, "shop-run1", _letters(["P1", "P2", "P3"], [10, 10, 10]))
+    written = pl.DataFrame({KEY: ["P1", "P2"], OP: ["delete", UPSERT], VERSION: [20, 5]})
+    assert store.supersede("products", written, "other-sink") == 0  # another sink's letters stay
+    assert store.supersede("products", written, "shop") == 1  # P1 deleted later; P2's write is older
+    assert sorted(letter["key"] for letter in store.letters()) == ["P2", "P3"]
+    truncate = pl.DataFrame({KEY: ["\x00truncate"], OP: ["truncate"], VERSION: [30]})
+    assert store.supersede("products", truncate, "shop") == 2
+    assert store.letters() == []
