@@ -400,20 +400,23 @@ def shuffle(s: Scenario, dsn: str, stop: threading.Event) -> None:
     """While a snapshot reads (a `COPY ... TO STDOUT` is active on the ERP), move rows from its last
     chunks to its first ones with no-op UPDATEs: contents and timestamps stay, only the place changes
     (into the free space `create` made). A snapshot that reads chunks in separate statements misses
-    them; a cursor never sees the UPDATE either, so nothing repairs that."""
-    snapshot = (
+    them; a cursor never sees the UPDATE either, so nothing repairs that. A snapshot of a few thousand
+    rows lasts tens of milliseconds: the moves come in a tight loop while one is seen."""
+    reading = (
         "select exists(select 1 from pg_stat_activity where datname = current_database() "
         "and state = 'active' and query ilike 'copy%to stdout%')"
     )
+    moves = []
+    for t in tables(s).values():
+        valid = f" where currency <> '{INVALID_CURRENCY}'" if t.name == "erp_prices" else ""
+        moves.append(
+            f"update {t.name} set {t.key[0]} = {t.key[0]} where (tableoid, ctid) in "
+            f"(select tableoid, ctid from {t.name}{valid} order by ctid desc limit 20)"
+        )
     with psycopg.connect(dsn, autocommit=True) as conn:
         while not stop.is_set():
-            if not conn.execute(snapshot).fetchone()[0]:  # type: ignore[index]
-                stop.wait(0.005)
-                continue
-            for t in tables(s).values():
-                key = t.key[0]
-                valid = f" where currency <> '{INVALID_CURRENCY}'" if t.name == "erp_prices" else ""
-                conn.execute(
-                    f"update {t.name} set {key} = {key} where (tableoid, ctid) in "
-                    f"(select tableoid, ctid from {t.name}{valid} order by ctid desc limit 20)"
-                )
+            if conn.execute(reading).fetchone()[0]:  # type: ignore[index]
+                for move in moves:
+                    conn.execute(move)
+            else:
+                stop.wait(0.001)

@@ -173,16 +173,41 @@ class Sequence:
     # commands --------------------------------------------------------------------------------------
 
     def _command(self, step: Step, args: list[str]) -> None:
-        """Start a command; SIGKILL, SIGTERM, stop and start the sink server on the step's timeline."""
+        """Run one command with the step's concurrent writes and hostilities, then judge how it ended."""
         self.commands += 1
         name = f"{self.commands:02d}-{step.action}"
-        out, err = (self.folder / f"{name}.out").open("w"), (self.folder / f"{name}.err").open("w")
-        proc = subprocess.Popen([*KANAL, *args], cwd=self.folder, env=self.env, stdout=out, stderr=err)
-        tree = ProcessTree(proc.pid)
-        outage = SinkOutage(self.servers.sink, step.sink_down_s)
-        stop_writing = threading.Event()
         ops_before = len(self.writer.done)
-        helpers = [t for t in (self._concurrent_writer(step, stop_writing), self._shuffler(step, stop_writing)) if t]
+        started = time.monotonic()
+        with (self.folder / f"{name}.out").open("w") as out, (self.folder / f"{name}.err").open("w") as err:
+            proc = subprocess.Popen([*KANAL, *args], cwd=self.folder, env=self.env, stdout=out, stderr=err)
+            tree = ProcessTree(proc.pid)
+            stop_writing = threading.Event()
+            helpers = [t for t in (self._concurrent_writer(step, stop_writing), self._shuffler(step, stop_writing)) if t]
+            try:
+                killed = self._drive(proc, step, tree, f"`kanal {' '.join(args)}`", name)
+            finally:
+                stop_writing.set()
+                for thread in helpers:
+                    thread.join(60)
+        really_killed = killed and proc.returncode == -signal.SIGKILL
+        self.result.kills += really_killed
+        if step.action in ("run", "migrate") and self.s.moving_rows:
+            self.migration_interrupted = self._migration_state() == "running"
+        wrote = f", {len(self.writer.done) - ops_before} concurrent writes" if step.writes else ""
+        self._log(f"{step.describe()} -> rc {proc.returncode} after {time.monotonic() - started:.1f}s"
+                  f"{' (killed)' if really_killed else ''}{wrote}")
+        error = _tail((self.folder / f"{name}.err").read_text())
+        if step.action == "sync" and proc.returncode == 2 and "unfinished" in error and self._migration_state() == "running":
+            self._log("  refused, as documented: the migration is unfinished")
+        elif not really_killed and proc.returncode != 0:
+            self._diverged(f"`kanal {' '.join(args)}` exited {proc.returncode}: {error}")
+        self._no_leftovers(tree, f"`kanal {args[0]}`")
+        self._refuse_long_names()
+
+    def _drive(self, proc: subprocess.Popen[bytes], step: Step, tree: ProcessTree, what: str, name: str) -> bool:
+        """Until the command ends: SIGKILL, SIGTERM, stop and start the sink server on the step's timeline.
+        Returns whether SIGKILL was sent."""
+        outage = SinkOutage(self.servers.sink, step.sink_down_s)
         started = time.monotonic()
         killed = termed = False
         deadline = COMMAND_TIMEOUT_S
@@ -191,7 +216,7 @@ class Sequence:
                 tree.sample()
                 outage.tick(elapsed, running=proc.poll() is None)
                 if proc.poll() is not None:
-                    break
+                    return killed
                 if step.kill_s is not None and elapsed >= step.kill_s and not killed:
                     proc.kill()
                     killed = True
@@ -199,32 +224,11 @@ class Sequence:
                     proc.send_signal(signal.SIGTERM)
                     termed, deadline = True, elapsed + STOP_TIMEOUT_S
                 time.sleep(0.05)
-            else:
-                self._diverged(f"`kanal {' '.join(args)}` still running after {elapsed:.0f}s (hung); its threads' "
-                               f"stacks are in {name}.err")
-                abort(proc)
+            self._diverged(f"{what} still running after {deadline:.0f}s (hung); its threads' stacks are in {name}.err")
+            abort(proc)
+            return killed
         finally:
             outage.end()
-            stop_writing.set()
-            for thread in helpers:
-                thread.join(60)
-            out.close()
-            err.close()
-        rc = proc.returncode
-        really_killed = killed and rc == -signal.SIGKILL
-        self.result.kills += really_killed
-        if step.action in ("run", "migrate") and self.s.moving_rows:
-            self.migration_interrupted = self._migration_state() == "running"
-        wrote = f", {len(self.writer.done) - ops_before} concurrent writes" if step.writes else ""
-        self._log(f"{step.describe()} -> rc {rc} after {time.monotonic() - started:.1f}s"
-                  f"{' (killed)' if really_killed else ''}{wrote}")
-        error = _tail((self.folder / f"{name}.err").read_text())
-        if step.action == "sync" and rc == 2 and "unfinished" in error and self._migration_state() == "running":
-            self._log("  refused, as documented: the migration is unfinished")
-        elif not really_killed and rc != 0:
-            self._diverged(f"`kanal {' '.join(args)}` exited {rc}: {error}")
-        self._no_leftovers(tree, f"`kanal {args[0]}`")
-        self._refuse_long_names()
 
     def _refuse_long_names(self) -> None:
         """Under `narrow_names` with a table Kanal created: once it exists, a CHECK refuses long names."""
@@ -284,27 +288,11 @@ class Sequence:
     # the end ---------------------------------------------------------------------------------------
 
     def _catch_up(self) -> None:
-        """`kanal run` until every sink equals the source and the position is confirmed, then SIGTERM.
-
-        Gives up early when the differences stay the same for `STUCK_S`: the
-        run has nothing left to deliver, so waiting longer only costs time.
-        """
-        out, err = (self.folder / "zz-catch-up.out").open("w"), (self.folder / "zz-catch-up.err").open("w")
-        proc = subprocess.Popen([*KANAL, "run", "job.yaml", "--quiet"], cwd=self.folder, env=self.env, stdout=out, stderr=err)
-        tree = ProcessTree(proc.pid)
-        started = changed = time.monotonic()
-        diffs: list[str] = []
-        try:
-            while time.monotonic() - started < CATCH_UP_TIMEOUT_S and proc.poll() is None:
-                tree.sample()
-                now = self.differences()
-                if now != diffs:
-                    changed = time.monotonic()
-                diffs = now
-                if not diffs or time.monotonic() - changed > STUCK_S:
-                    break
-                time.sleep(CONVERGED_POLL_S)
-            waited = time.monotonic() - started
+        """`kanal run` until every sink equals the source and the position is confirmed, then SIGTERM."""
+        with (self.folder / "zz-catch-up.out").open("w") as out, (self.folder / "zz-catch-up.err").open("w") as err:
+            proc = subprocess.Popen([*KANAL, "run", "job.yaml", "--quiet"], cwd=self.folder, env=self.env, stdout=out, stderr=err)
+            tree = ProcessTree(proc.pid)
+            diffs, waited = self._converge(proc, tree)
             if proc.poll() is None and not diffs and self.s.cdc:
                 self._wait_confirmed(proc)
             tree.sample()
@@ -315,14 +303,32 @@ class Sequence:
                 self._diverged(f"`kanal run` (catch-up) did not stop within {STOP_TIMEOUT_S:.0f}s of SIGTERM; its "
                                "threads' stacks are in zz-catch-up.err")
                 abort(proc)
-        finally:
-            out.close()
-            err.close()
         self._log(f"catch-up run -> rc {proc.returncode}, {'converged' if not diffs else 'NOT converged'} after {waited:.1f}s")
         if proc.returncode != 0:
             self._diverged(f"`kanal run` (catch-up) exited {proc.returncode}: {_tail((self.folder / 'zz-catch-up.err').read_text())}")
         self._report("after the catch-up `kanal run`", diffs)
         self._no_leftovers(tree, "`kanal run` (catch-up)")
+
+    def _converge(self, proc: subprocess.Popen[bytes], tree: ProcessTree) -> tuple[list[str], float]:
+        """Compare until the sinks equal the source; the differences left and the seconds it took.
+
+        Gives up early when the differences stay the same for `STUCK_S`: the
+        run has nothing left to deliver, so waiting longer only costs time.
+        """
+        started = changed = time.monotonic()
+        diffs: list[str] = []
+        while time.monotonic() - started < CATCH_UP_TIMEOUT_S and proc.poll() is None:
+            tree.sample()
+            now = self.differences()
+            if now != diffs:
+                changed = time.monotonic()
+            diffs = now
+            if not diffs or time.monotonic() - changed > STUCK_S:
+                break
+            time.sleep(CONVERGED_POLL_S)
+        if proc.poll() is not None:  # it ended by itself: whatever it left is final
+            diffs = self.differences()
+        return diffs, time.monotonic() - started
 
     def _wait_confirmed(self, proc: subprocess.Popen[bytes]) -> None:
         """Everything delivered is confirmed: the slot moves past the WAL written so far (heartbeats when quiet)."""
