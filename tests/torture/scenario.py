@@ -64,9 +64,9 @@ FEATURES: dict[str, Feature] = {
 
 ENABLED: frozenset[str] = frozenset(FEATURES) - {"truncate_partition", "refused_rows", "unversioned_target"}
 """Features that pass on the current code; `make test` runs these. Left out: `truncate_partition` (a
-documented limit); `refused_rows`, because `kanal dlq replay` writes back a refused row whose key was
-deleted (or changed) since, and, into a table without a version column (`unversioned_target`) or over
-an equal cursor version, an older row over a newer one."""
+documented limit) and `refused_rows` (with `unversioned_target`): `kanal dlq replay` can still write
+back a refused row whose key was deleted or changed since (`KANAL_TORTURE_SEED=1103
+KANAL_TORTURE_ACTIONS=5 KANAL_TORTURE_FEATURES=none,+kill9,+concurrent,+invalid_rows,+key_change,+refused_rows`)."""
 
 
 def parse_features(text: str | None, base: frozenset[str] = ENABLED) -> frozenset[str]:
