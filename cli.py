@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from kanal.core import registry
+from kanal.core.console import console, styled
 from kanal.core.errors import ConfigError, KanalError
 from kanal.jobs import check as check_job
 from kanal.jobs import dlq as dlq_job
@@ -35,8 +36,8 @@ from kanal.jobs.migrate import MigrationReport, migrate as run_migration
 from kanal.jobs.model import parse_schedule
 from kanal.jobs.stream import StreamReport, sync as run_sync
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = console()
+err = console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 JOB = click.argument("job", type=click.Path(dir_okay=False))
 
@@ -49,11 +50,11 @@ def handled(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:
-            err.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
+            err.print(styled("error:", "red", exc.message))
             sys.exit(2)
         except KanalError as exc:
             logging.getLogger("kanal").debug("where it failed", exc_info=True)
-            err.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
+            err.print(styled("error:", "red", exc.message))
             sys.exit(1)
         except KeyboardInterrupt:
             err.print("interrupted; run the same command again to resume")
@@ -113,8 +114,8 @@ def _graceful() -> Iterator[threading.Event]:
 def validate(job: str) -> None:
     """Check a job file (and its mapping files) without contacting any system."""
     loaded = _load(job)
-    out.print(f"{job}: valid job [bold]{loaded.name}[/] — source {loaded.job.source.connector} "
-              f"({', '.join(loaded.source_entities)}), sinks {', '.join(s.name for s in loaded.sinks)}")
+    out.print(Text.assemble(f"{job}: valid job ", (loaded.name, "bold"), f" — source {loaded.job.source.connector} "
+                            f"({', '.join(loaded.source_entities)}), sinks {', '.join(s.name for s in loaded.sinks)}"))
 
 
 @main.command()
@@ -125,8 +126,7 @@ def check(ctx: click.Context, job: str) -> None:
     """Reach the broker, the source and every sink; say what fails."""
     results = check_job.check(_load(job), ctx.obj["verbose"])
     for r in results:
-        mark = "[green]ok[/]" if r.ok else "[red]FAIL[/]"
-        out.print(f"{mark}  {r.system}: {r.detail}", highlight=False)
+        out.print(styled("ok", "green") if r.ok else styled("FAIL", "red"), f" {r.system}: {r.detail}")
     if not all(r.ok for r in results):
         sys.exit(1)
 
@@ -252,7 +252,7 @@ def worker(folder: str) -> None:
         outcomes = worker_job.work(Path(folder), stop, started)
     failed = [o for o in outcomes if o.error]
     for o in failed:
-        err.print(f"[red]error:[/] job {o.job}: {o.error}", highlight=False)
+        err.print(styled("error:", "red", f"job {o.job}: {o.error}"))
     if failed:
         sys.exit(1)
 
@@ -289,7 +289,7 @@ def status(job: str, as_json: bool) -> None:
     for name, value in st.stream.items():
         if name == "confirmed_at" and value:
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-        out.print(f"{name.replace('_', ' ')}: {value}", highlight=False)
+        out.print(f"{name.replace('_', ' ')}: {value}")
 
 
 @main.group()
@@ -381,14 +381,14 @@ def connector_new(name: str, source: bool, sink: bool, parent: str) -> None:
     simulated API's endpoints and fields with your system's.
     """
     created = scaffold.new_connector(name, Path(parent), source=source, sink=sink)
-    out.print(f"created {created.folder}/ (connector {created.name!r}, package {created.package}):", highlight=False)
+    out.print(f"created {created.folder}/ (connector {created.name!r}, package {created.package}):")
     for path in created.files:
-        out.print(f"  {path.as_posix()}", highlight=False)
-    out.print("next:", highlight=False)
-    out.print(f"  cd {created.folder}", highlight=False)
-    out.print(f"  pip install -e .    # registers the connector; `kanal connectors` lists {created.name}", highlight=False)
-    out.print("  pytest              # the connector contract (kanal.testing) against the simulator", highlight=False)
-    out.print(f"  then edit {created.package}/ for your system's API (guide: docs/connectors.md in Kanal)", highlight=False)
+        out.print(f"  {path.as_posix()}")
+    out.print("next:")
+    out.print(f"  cd {created.folder}")
+    out.print(f"  pip install -e .    # registers the connector; `kanal connectors` lists {created.name}")
+    out.print("  pytest              # the connector contract (kanal.testing) against the simulator")
+    out.print(f"  then edit {created.package}/ for your system's API (guide: docs/connectors.md in Kanal)")
 
 
 @main.command()
