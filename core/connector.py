@@ -105,7 +105,9 @@ class CursorDelta(FrozenModel):
 class EntityOptions(FrozenModel):
     """Per-entity options in a job file; connectors extend it with their own."""
 
-    mapping: str | None = None
+    mapping: str | None = Field(
+        None, description="mapping file (YAML, relative to the job file) between the system's fields and Kanal's"
+    )
     delta: Literal["cdc", "files"] | CursorDelta | None = Field(
         None, description="how changes are read after the snapshot: cdc, files, or {cursor: column}"
     )

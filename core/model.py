@@ -1,4 +1,4 @@
-"""The canonical model (DESIGN §6): one description, two uses.
+"""The canonical model: one description, two uses.
 
 Every entity is described once as a tuple of `Field`s. From that description
 come the polars schema that bulk batches carry, the vectorized validation rules

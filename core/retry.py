@@ -1,4 +1,4 @@
-"""Retries with a budget (DESIGN §4): transient errors back off, others do not.
+"""Retries with a budget: transient errors back off, others do not.
 
 Only `Unreachable` (connection refused, timeouts, 5xx, 429, broker down) is
 retried, with exponential backoff and jitter, honouring a server's

@@ -1,4 +1,4 @@
-"""The job file (DESIGN §7), validated with pydantic.
+"""The job file, validated with pydantic (reference: docs/job-file.md, generated from these models).
 
 Connector-specific blocks (`config`, per-entity options) are validated
 against the connector's own models in `jobs.load`, so a typo anywhere in a job
@@ -33,8 +33,12 @@ def _known_entities(entities: dict[str, Any]) -> dict[str, Any]:
 
 class SourceSpec(Strict):
     connector: str = Field(description="installed connector name (see `kanal connectors`)")
-    config: dict[str, Any] = Field(default_factory=dict, description="the connector's settings")
-    entities: dict[str, dict[str, Any] | None] = Field(min_length=1, description="entity -> options")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="the connector's settings (docs/connector-options.md)"
+    )
+    entities: dict[str, dict[str, Any] | None] = Field(
+        min_length=1, description="the entities to read, each with its options (empty: the connector's defaults)"
+    )
 
     @field_validator("entities")
     @classmethod
@@ -44,9 +48,13 @@ class SourceSpec(Strict):
 
 class SinkSpec(Strict):
     name: str = Field(pattern=_NAME, description="names the consumer group and the sink in reports")
-    connector: str
-    config: dict[str, Any] = Field(default_factory=dict)
-    entities: dict[str, dict[str, Any] | None] = Field(min_length=1)
+    connector: str = Field(description="installed connector name (see `kanal connectors`)")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="the connector's settings (docs/connector-options.md)"
+    )
+    entities: dict[str, dict[str, Any] | None] = Field(
+        min_length=1, description="the entities to write, each with its options; the source must provide them"
+    )
 
     @field_validator("entities")
     @classmethod
@@ -61,7 +69,9 @@ class ErrorPolicy(str, Enum):
 
 class ErrorsSpec(Strict):
     policy: ErrorPolicy = Field(ErrorPolicy.DLQ, description="dlq: set bad records aside; fail: stop the job")
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    retry: RetryPolicy = Field(
+        default_factory=RetryPolicy, description="how long to wait for a system that cannot be reached"
+    )
 
 
 class BatchSpec(Strict):
@@ -74,11 +84,13 @@ class BatchSpec(Strict):
 
 class Job(Strict):
     name: str = Field(pattern=_NAME, description="job name: topics, groups and state are named after it")
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    source: SourceSpec
-    sinks: list[SinkSpec] = Field(min_length=1)
-    errors: ErrorsSpec = Field(default_factory=ErrorsSpec)
-    batch: BatchSpec = Field(default_factory=BatchSpec)
+    kafka: KafkaSettings = Field(
+        default_factory=KafkaSettings, description="the broker (default: the embedded one, in memory)"
+    )
+    source: SourceSpec = Field(description="the system records are read from")
+    sinks: list[SinkSpec] = Field(min_length=1, description="the systems records are written to")
+    errors: ErrorsSpec = Field(default_factory=ErrorsSpec, description="refused records and unreachable systems")
+    batch: BatchSpec = Field(default_factory=BatchSpec, description="sizes and parallelism of a migration")
     state_dir: str | None = Field(None, description="where checkpoints live (default: .kanal/ beside the job file)")
     schedule: str = Field(
         "continuous",

@@ -1,4 +1,4 @@
-"""Snapshot chunks shared by every process of a job, through Kafka (DESIGN §9).
+"""Snapshot chunks shared by every process of a job, through Kafka.
 
 With a durable broker, several `kanal` processes may run one job. The
 snapshot plan then goes to a work topic, `<prefix>.<job>.snapshot`, one

@@ -7,7 +7,7 @@ Reading yields frames of at most `BATCH_ROWS` rows, whatever the file size:
   than UTF-8 is first converted into a temporary UTF-8 copy.
 * JSON Lines is read in blocks of whole lines. Nested objects (customer
   addresses) become structs, dates stay text (typed date parsing in
-  `read_ndjson` is the slow part, DESIGN §10), and every line of a block
+  `read_ndjson` is the slow part), and every line of a block
   takes part in the block's schema so that a field seen late is not dropped.
   JSON numbers lose their spelling (12.50 reads as 12.5): write money as text.
 * Parquet comes as record batches through pyarrow, typed as stored.

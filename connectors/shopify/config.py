@@ -67,7 +67,7 @@ class ShopifyConfig(FrozenModel):
         ),
     )
     bulk_poll_s: float = Field(0.5, gt=0, le=60, description="seconds between polls of a running bulk operation")
-    http: HttpSettings = HttpSettings()
+    http: HttpSettings = Field(HttpSettings(), description="timeouts and concurrency of the HTTP client")
 
     @field_validator("api_version")
     @classmethod

@@ -48,7 +48,7 @@ class WooConfig(FrozenModel):
         True,
         description="source: read variations through /variations (WooCommerce 10.3 or later); false: products only",
     )
-    http: HttpSettings = HttpSettings()
+    http: HttpSettings = Field(HttpSettings(), description="timeouts and concurrency of the HTTP client")
 
     @field_validator("url")
     @classmethod

@@ -1,4 +1,4 @@
-"""`kanal run`: migrate, then stream, while the ERP keeps changing (DESIGN §4 gap-free handover)."""
+"""`kanal run`: migrate, then stream, while the ERP keeps changing (the handover from snapshot to stream leaves no gap)."""
 
 from __future__ import annotations
 
