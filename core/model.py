@@ -168,6 +168,8 @@ STOCK_LEVEL = Entity(
         Field("available", Kind.DECIMAL),
         Field("updated_at", Kind.DATETIME),
         Field("version", Kind.DECIMAL),
+        Field("unavailable", Kind.DECIMAL, description="on hand but not sellable (damaged, quality control)"),
+        Field("incoming", Kind.DECIMAL, description="announced or in transit to the location, not on hand yet"),
     ),
     key=("sku", "location"),
 )
@@ -182,16 +184,44 @@ STOCK_MOVEMENT = Entity(
         Field(
             "reason",
             Kind.ENUM,
-            values=("sale", "return", "receipt", "adjustment", "reservation", "release"),
+            values=(
+                "sale", "return", "receipt", "adjustment", "reservation", "release",
+                "transfer_out", "transfer_in", "count",
+            ),
+            description="what happened; `count` carries the counted level in `delta` (see docs/inventory.md)",
+        ),  # fmt: skip
+        Field("occurred_at", Kind.DATETIME, description="when it happened on the device (not when it arrived)"),
+        Field("source", description="the system or device that recorded it"),
+        Field("sequence", Kind.DECIMAL, description="the source's own running number"),
+        Field("reservation_id", description="the reservation a reservation, release or sale belongs to"),
+        Field("expires_at", Kind.DATETIME, description="when a reservation lapses unless fulfilled"),
+        Field(
+            "bucket",
+            Kind.ENUM,
+            values=("on_hand", "unavailable", "incoming"),
+            description="the quantity an adjustment or count changes (default on_hand)",
         ),
-        Field("occurred_at", Kind.DATETIME),
-        Field("source"),
-        Field("sequence", Kind.DECIMAL),
+        Field("counterpart", description="the other location of a transfer (its incoming quantity follows)"),
     ),
     key=("event_id",),
 )
 
-ENTITIES: dict[str, Entity] = {e.name: e for e in (CUSTOMER, PRODUCT, PRICE, STOCK_LEVEL, STOCK_MOVEMENT)}
+AVAILABILITY = Entity(
+    "availability",
+    (
+        Field("sku", required=True),
+        Field("channel", required=True),
+        Field("quantity", Kind.DECIMAL, description="what the channel may sell, after its rules; never negative"),
+        Field("computed_at", Kind.DATETIME),
+        Field("version", Kind.DECIMAL, description="the ledger position it was computed at"),
+    ),
+    key=("sku", "channel"),
+    description="sellable quantity per sales channel, derived by `kanal inventory` from stock_movements",
+)
+
+ENTITIES: dict[str, Entity] = {
+    e.name: e for e in (CUSTOMER, PRODUCT, PRICE, STOCK_LEVEL, STOCK_MOVEMENT, AVAILABILITY)
+}
 
 
 def entity(name: str) -> Entity:
