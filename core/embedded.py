@@ -21,7 +21,12 @@ from kanal.core.errors import BrokerUnavailable
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """`preexec_fn` of embedded servers: the kernel kills the child when the thread that started it ends.
+
+    The kernel ties the signal to the *thread* that forked, not the process:
+    start long-lived children from a thread that lives as long as they should.
+    """
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent already died between fork and prctl
@@ -60,7 +65,7 @@ class EmbeddedBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + self._timeout
         while time.monotonic() < deadline:
