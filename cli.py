@@ -25,6 +25,7 @@ from rich.text import Text
 from kanal.core import registry
 from kanal.core.console import console, styled
 from kanal.core.errors import ConfigError, KanalError
+from kanal.core.schedule import parse_cron, parse_timezone
 from kanal.jobs import check as check_job
 from kanal.jobs import dlq as dlq_job
 from kanal.jobs import scaffold
@@ -181,10 +182,13 @@ def _print_report(report: MigrationReport, job: str) -> None:
 @click.option("--once", is_flag=True, help="Read the changes there are now, deliver them, exit.")
 @click.option("--every", metavar="DURATION", help="Sync every DURATION (30s, 5m, 1h).")
 @click.option("--cron", metavar="EXPR", help='Sync at the times of a 5-field cron expression, e.g. "*/5 * * * *" (UTC).')
+@click.option("--timezone", metavar="ZONE", help="Read --cron on the wall clock of ZONE, e.g. Europe/Berlin (default UTC).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.pass_context
 @handled
-def sync(ctx: click.Context, job: str, once: bool, every: str | None, cron: str | None, quiet: bool) -> None:
+def sync(
+    ctx: click.Context, job: str, once: bool, every: str | None, cron: str | None, timezone: str | None, quiet: bool
+) -> None:
     """Stream the deltas of JOB into every sink (continuously unless --once/--every/--cron).
 
     SIGTERM or Ctrl-C finish in-flight changes and exit 0; after a crash the
@@ -192,8 +196,14 @@ def sync(ctx: click.Context, job: str, once: bool, every: str | None, cron: str 
     """
     if sum(bool(x) for x in (once, every, cron)) > 1:
         raise click.UsageError("use one of --once, --every, --cron")
+    if timezone and not cron:
+        raise click.UsageError("--timezone goes with --cron")
     try:
-        schedule = parse_schedule(f"every {every}" if every else cron) if (every or cron) else None
+        zone = parse_timezone(timezone or "UTC").key
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--timezone") from None
+    try:
+        schedule = parse_schedule(f"every {every}") if every else parse_cron(cron, zone) if cron else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--every" if every else "--cron") from None
     with _graceful() as stop:

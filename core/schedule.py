@@ -1,23 +1,44 @@
 """When scheduled syncs fire: fixed intervals, cron expressions, or continuously.
 
 Time comes from a `Clock`, so tests use a fake clock that jumps instead of
-waiting, and a stop request wakes a sleeping scheduler at once. All times are
-UTC, cron included: local time has daylight-saving gaps and repeats, where
-"30 2 * * *" would silently fire zero or two times a day.
+waiting, and a stop request wakes a sleeping scheduler at once. Clocks and
+fire times are UTC; a cron expression reads the wall clock of its time zone
+(UTC unless given), with daylight saving handled the way cron users expect:
+
+* a wall time the spring-forward skips (02:30 in Europe/Berlin on the last
+  Sunday of March) fires once, at the first valid moment after the gap
+  (03:00), and several skipped times collapse into that one run;
+* a wall time the fall-back repeats fires once, at its first occurrence;
+  only a schedule that fires in every hour ("*/5 * * * *", "0 * * * *") keeps
+  firing through the repeated hour, so it never pauses for an hour.
+
+An expression that can never fire (30 February) is refused when parsed, with
+the reason, instead of failing later in a running scheduler.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 _MAX_NAP_S = 60.0  # re-read the wall clock at least this often, so a clock step or suspend is noticed
-_HORIZON = timedelta(days=5 * 366)  # a cron with no fire time this far ahead is treated as impossible
+# Every date, 29 February on each weekday included, recurs within one 400-year Gregorian cycle, so an
+# expression `parse_cron` accepted fires within it; the limit only guards against a bug looping forever.
+_HORIZON_YEARS = 401
+# More than any UTC offset change (daylight saving moves 1 hour, historically 2): wall times this far
+# apart cannot swap order as instants, which bounds the search around a transition.
+_MAX_SHIFT = timedelta(hours=3)
+_MINUTE = timedelta(minutes=1)
+_LAST_DAY = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # per month; 29 February counts
+_MONTH_NAMES = ("", *"January February March April May June July August September October November December".split())
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
 _MONTHS = {n: i for i, n in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), start=1)}
 _WEEKDAYS = {n: i for i, n in enumerate("sun mon tue wed thu fri sat".split())}
@@ -98,7 +119,10 @@ class Every(Schedule):
 
 @dataclass(frozen=True)
 class Cron(Schedule):
-    """A 5-field cron expression in UTC, built by `parse_cron`: each field's allowed values, ascending (Sunday is 0)."""
+    """A 5-field cron expression on the wall clock of `zone`, built by `parse_cron`.
+
+    Each field holds its allowed values, ascending (Sunday is 0).
+    """
 
     expression: str
     minutes: tuple[int, ...]
@@ -108,17 +132,40 @@ class Cron(Schedule):
     weekdays: tuple[int, ...]
     # Vixie cron: when both day fields are restricted, a day matching either one fires.
     either_day: bool
+    zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
 
     def next_after(self, moment: datetime) -> datetime:
-        """Jump straight past months, days and hours that cannot match, so a rare expression costs little.
+        """The first fire time (UTC) strictly after `moment`.
 
-        Raises ValueError when nothing matches within about 5 years (e.g. 30 February).
+        Wall times are walked from a little before `moment`'s own (a repeated
+        hour may still hold later instants) until no later wall time can be an
+        earlier instant; each becomes one instant, or none (see `_instants`).
         """
         if moment.tzinfo is None:
             raise ValueError(f"cron needs a timezone-aware time, got {moment.isoformat()}")
-        t = moment.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-        limit = t + _HORIZON
-        while t < limit:
+        after = moment.astimezone(UTC)
+        wall: datetime | None = after.astimezone(self.zone).replace(tzinfo=None, second=0, microsecond=0) - _MAX_SHIFT
+        best: datetime | None = None
+        until: datetime | None = None
+        while wall := self._next_wall(wall, until):
+            for instant in self._instants(wall):
+                if instant > after and (best is None or instant < best):
+                    best, until = instant, until or wall + _MAX_SHIFT
+        assert best is not None  # `_next_wall` raises rather than run out without a limit
+        return best
+
+    def describe(self) -> str:
+        return f"cron {self.expression}" + ("" if self.zone.key == "UTC" else f" ({self.zone.key})")
+
+    def _next_wall(self, after: datetime, until: datetime | None = None) -> datetime | None:
+        """The first matching wall time (naive) strictly after `after`; None if it would come after `until`.
+
+        Jumps straight past months, days and hours that cannot match, so a rare
+        expression costs little.
+        """
+        t = after.replace(second=0, microsecond=0) + _MINUTE
+        limit = until or _years_later(t, _HORIZON_YEARS)
+        while t <= limit:
             if t.month not in self.months:
                 t = t.replace(year=t.year + t.month // 12, month=t.month % 12 + 1, day=1, hour=0, minute=0)
             elif not self._day_matches(t) or t.hour > self.hours[-1]:
@@ -128,11 +175,40 @@ class Cron(Schedule):
             elif t.minute > self.minutes[-1]:
                 t = t.replace(minute=0) + timedelta(hours=1)
             else:
-                return t.replace(minute=_next_value(self.minutes, t.minute))
-        raise ValueError(f"cron {self.expression!r} never fires within 5 years after {moment.isoformat()}")
+                t = t.replace(minute=_next_value(self.minutes, t.minute))
+                if t <= limit:
+                    return t
+                break
+        if until is not None:
+            return None
+        raise ValueError(f"cron {self.expression!r} found no fire time within {_HORIZON_YEARS} years after {after}")
 
-    def describe(self) -> str:
-        return f"cron {self.expression}"
+    def _instants(self, wall: datetime) -> list[datetime]:
+        """The UTC instants at which wall time `wall` fires in `zone`.
+
+        An ordinary wall time is one instant. One the spring-forward skips
+        fires at the end of the gap. One the fall-back repeats fires at its
+        first occurrence, and at the second too when the schedule fires in
+        every hour (cron's rule for its wildcard jobs).
+        """
+        first = wall.replace(tzinfo=self.zone, fold=0).astimezone(UTC)
+        second = wall.replace(tzinfo=self.zone, fold=1).astimezone(UTC)
+        if first == second:
+            return [first]
+        if second > first:  # repeated: fold 0 is the earlier offset's, the first occurrence
+            return [first, second] if len(self.hours) == 24 else [first]
+        return [self._gap_end(second, first)]
+
+    def _gap_end(self, before: datetime, after: datetime) -> datetime:
+        """The first minute with the new UTC offset, between an instant `before` the transition and one `after` it."""
+        new_offset = after.astimezone(self.zone).utcoffset()
+        while after - before > _MINUTE:
+            middle = before + (after - before) // _MINUTE // 2 * _MINUTE
+            if middle.astimezone(self.zone).utcoffset() == new_offset:
+                after = middle
+            else:
+                before = middle
+        return after
 
     def _day_matches(self, t: datetime) -> bool:
         in_month, in_week = t.day in self.days, t.isoweekday() % 7 in self.weekdays
@@ -167,16 +243,65 @@ def parse_every(text: str) -> Every:
     return Every(interval)
 
 
-def parse_cron(text: str) -> Cron:
-    """Parse "minute hour day-of-month month day-of-week"; errors name the offending field."""
+def parse_cron(text: str, timezone: str = "UTC") -> Cron:
+    """Parse "minute hour day-of-month month day-of-week" on the wall clock of `timezone`.
+
+    Errors name the offending field, or say why the expression never fires.
+    """
     parts = text.split()
     if len(parts) != len(_FIELDS):
         raise ValueError(f"cron {text!r} needs 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}")
-    minutes, hours, days, months, weekdays = (_parse_field(part, *field) for part, field in zip(parts, _FIELDS))
+    minutes, hours, days, months, weekdays = (_parse_field(part, *spec) for part, spec in zip(parts, _FIELDS))
     # Vixie cron treats a day field starting with "*" (including "*/2") as unrestricted.
     either_day = not parts[2].startswith("*") and not parts[4].startswith("*")
     weekdays = tuple(sorted({day % 7 for day in weekdays}))
-    return Cron(" ".join(parts), minutes, hours, days, months, weekdays, either_day)
+    expression = " ".join(parts)
+    if not either_day and not any(day <= _LAST_DAY[month] for month in months for day in days):
+        # With days of the week too, both must match; every date falls on every weekday some year.
+        have = f"{_words([_MONTH_NAMES[m] for m in months], 'and')} {'has' if len(months) == 1 else 'have'}"
+        raise ValueError(f"cron {expression!r} never fires: {have} no day {_words([str(d) for d in days], 'or')}")
+    return Cron(expression, minutes, hours, days, months, weekdays, either_day, parse_timezone(timezone))
+
+
+def parse_timezone(name: str) -> ZoneInfo:
+    """A time zone of the IANA database ("Europe/Berlin", "UTC"); the error suggests the closest names."""
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        pass
+    close = _similar_zones(name.strip())
+    hint = f"; did you mean {_words([repr(z) for z in close], 'or')}?" if close else " (an IANA name such as 'Europe/Berlin' or 'UTC')"
+    raise ValueError(f"unknown time zone {name!r}{hint}")
+
+
+@cache
+def _zone_names() -> dict[str, str]:
+    """Lower-cased name -> IANA name, for suggestions (read once, only after a miss)."""
+    return {zone.lower(): zone for zone in available_timezones()}
+
+
+def _similar_zones(name: str) -> list[str]:
+    """Zones spelled the same but for case, named by their city ("berlin"), or closest in spelling."""
+    names = _zone_names()
+    wanted = name.lower().replace(" ", "_")
+    if wanted in names:
+        return [names[wanted]]
+    by_city = sorted(zone for low, zone in names.items() if low.rsplit("/", 1)[-1] == wanted)
+    if by_city:
+        return by_city[:3]
+    return [names[low] for low in difflib.get_close_matches(wanted, names, n=1, cutoff=0.75)]
+
+
+def _years_later(t: datetime, years: int) -> datetime:
+    try:
+        return t + timedelta(days=366 * years)
+    except OverflowError:
+        return datetime.max
+
+
+def _words(items: list[str], joint: str) -> str:
+    """ "a", "a and b", "a, b and c" """
+    return f"{', '.join(items[:-1])} {joint} {items[-1]}" if len(items) > 1 else items[0]
 
 
 def fire_times(schedule: Schedule, clock: Clock, stop: threading.Event) -> Iterator[datetime]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from kanal.core.kafka import KafkaSettings
 from kanal.core.model import ENTITIES
 from kanal.core.retry import RetryPolicy
-from kanal.core.schedule import Continuous, Schedule, parse_cron, parse_every
+from kanal.core.schedule import Continuous, Schedule, parse_cron, parse_every, parse_timezone
 
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -82,6 +83,23 @@ class BatchSpec(Strict):
     max_in_flight: int = Field(48, ge=1, le=10_000, description="unacknowledged messages before sources wait")
 
 
+class CronSchedule(Strict):
+    """`schedule: {cron: "0 2 * * *", timezone: Europe/Berlin}`: a cron expression on a zone's wall clock."""
+
+    cron: str = Field(description="5-field cron expression: minute hour day-of-month month day-of-week")
+    timezone: str = Field("UTC", description="IANA time zone whose wall clock the expression reads, e.g. Europe/Berlin")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return parse_timezone(value).key
+
+    @model_validator(mode="after")
+    def _cron(self) -> CronSchedule:
+        parse_cron(self.cron, self.timezone)
+        return self
+
+
 class Job(Strict):
     name: str = Field(pattern=_NAME, description="job name: topics, groups and state are named after it")
     kafka: KafkaSettings = Field(
@@ -92,14 +110,30 @@ class Job(Strict):
     errors: ErrorsSpec = Field(default_factory=ErrorsSpec, description="refused records and unreachable systems")
     batch: BatchSpec = Field(default_factory=BatchSpec, description="sizes and parallelism of a migration")
     state_dir: str | None = Field(None, description="where checkpoints live (default: .kanal/ beside the job file)")
-    schedule: str = Field(
+    schedule: str | CronSchedule = Field(
         "continuous",
-        description="when `kanal worker` syncs deltas: continuous, 'every 5m', or a cron expression '*/5 * * * *'",
+        description=(
+            "when `kanal worker` and `kanal run` sync deltas: continuous, 'every 5m', a cron expression "
+            "'*/5 * * * *' (UTC), or {cron: '0 2 * * *', timezone: Europe/Berlin}"
+        ),
     )
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_form(cls, value: object) -> object:
+        """A mapping is validated here, so its errors read `schedule: timezone: ...`, not as a failed union."""
+        if isinstance(value, dict):
+            try:
+                return CronSchedule.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError("; ".join(_problem(e) for e in exc.errors())) from None
+        if not isinstance(value, str | CronSchedule):
+            raise ValueError("must be continuous, 'every <duration>', a cron expression, or {cron: ..., timezone: ...}")
+        return value
 
     @field_validator("schedule")
     @classmethod
-    def _schedule(cls, value: str) -> str:
+    def _schedule(cls, value: str | CronSchedule) -> str | CronSchedule:
         parse_schedule(value)
         return value
 
@@ -115,11 +149,20 @@ class Job(Strict):
         return self
 
 
-def parse_schedule(text: str) -> Schedule:
-    """`continuous`, `every <duration>` or a 5-field cron expression; ValueError says what is wrong."""
-    text = text.strip()
+def parse_schedule(spec: str | CronSchedule) -> Schedule:
+    """`continuous`, `every <duration>`, a 5-field cron expression (UTC) or a `CronSchedule`; ValueError says what is wrong."""
+    if isinstance(spec, CronSchedule):
+        return parse_cron(spec.cron, spec.timezone)
+    text = spec.strip()
     if text == "continuous":
         return Continuous()
     if text.startswith("every "):
         return parse_every(text.removeprefix("every "))
     return parse_cron(text)
+
+
+def _problem(error: ErrorDetails) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    plain = {"extra_forbidden": "unknown key", "missing": "required key is missing"}
+    message = plain.get(error["type"]) or error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message

@@ -51,7 +51,7 @@ def load_folder(folder: Path) -> list[LoadedJob]:
 
 def work(folder: Path, stop: threading.Event, on_start: Callable[[list[JobOutcome]], None] | None = None) -> list[JobOutcome]:
     jobs = load_folder(folder)
-    outcomes = [JobOutcome(j.name, j.job.schedule) for j in jobs]
+    outcomes = [JobOutcome(j.name, parse_schedule(j.job.schedule).describe()) for j in jobs]
 
     def run(job: LoadedJob, outcome: JobOutcome) -> None:
         try:

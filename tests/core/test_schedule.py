@@ -5,7 +5,7 @@ from itertools import islice
 
 import pytest
 
-from kanal.core.schedule import Continuous, Every, SystemClock, fire_times, parse_cron, parse_every
+from kanal.core.schedule import Continuous, Every, SystemClock, fire_times, parse_cron, parse_every, parse_timezone
 
 
 class FakeClock:
@@ -163,11 +163,24 @@ def test_cron_converts_other_timezones_to_utc() -> None:
         parse_cron("0 10 * * *").next_after(datetime(2026, 1, 1))
 
 
-def test_cron_impossible_expression_gives_up_quickly() -> None:
-    began = time.monotonic()
-    with pytest.raises(ValueError, match="never fires within 5 years"):
-        parse_cron("0 0 30 2 *").next_after(START)
-    assert time.monotonic() - began < 1
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("0 0 31 2 *", "cron '0 0 31 2 \\*' never fires: February has no day 31"),
+        ("0 0 30,31 2 *", "February has no day 30 or 31"),
+        ("0 0 31 4,6,9,11 *", "April, June, September and November have no day 31"),
+        ("0 0 31 2 */2", "February has no day 31"),  # a starred weekday must match as well
+    ],
+)
+def test_cron_that_never_fires_is_refused_when_parsed(expression: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_cron(expression)
+
+
+def test_cron_rare_but_possible_expressions_are_found() -> None:
+    # 31 February or any Friday in February (either day field); 29 February only on a Sunday: 2032, then 2060.
+    assert next_fires("0 0 31 2 5", "2026-01-01 00:00") == [at("2026-02-06 00:00")]
+    assert next_fires("0 0 29 2 */7", "2026-01-01 00:00", 2) == [at("2032-02-29 00:00"), at("2060-02-29 00:00")]
 
 
 @pytest.mark.parametrize(
@@ -261,3 +274,66 @@ def test_system_clock_returns_true_for_a_past_deadline() -> None:
     clock = SystemClock()
     assert clock.sleep_until(clock.now() - timedelta(seconds=1), threading.Event()) is True
 
+
+
+BERLIN = "Europe/Berlin"  # 2026: clocks spring forward 29 March 02:00 -> 03:00, fall back 25 October 03:00 -> 02:00
+
+
+def wall_fires(expression: str, zone: str, start: str, count: int) -> list[str]:
+    """Fire times as the zone's wall clock, with the offset, so a test reads as its user sees it."""
+    cron, moment, fires = parse_cron(expression, zone), at(start), []
+    for _ in range(count):
+        moment = cron.next_after(moment)
+        fires.append(moment.astimezone(cron.zone).strftime("%m-%d %H:%M%z"))
+    return fires
+
+
+def test_cron_reads_the_wall_clock_of_its_time_zone() -> None:
+    assert wall_fires("0 2 * * *", BERLIN, "2026-01-10 00:00", 2) == ["01-10 02:00+0100", "01-11 02:00+0100"]
+    assert wall_fires("0 2 * * *", BERLIN, "2026-07-10 00:00", 1) == ["07-11 02:00+0200"]
+    assert parse_cron("0 2 * * *", BERLIN).next_after(at("2026-07-10 00:00")) == at("2026-07-11 00:00")
+    assert parse_cron("0 2 * * *", BERLIN).describe() == "cron 0 2 * * * (Europe/Berlin)"
+
+
+def test_cron_time_skipped_by_spring_forward_fires_once_at_the_next_valid_time() -> None:
+    assert wall_fires("30 2 * * *", BERLIN, "2026-03-28 00:00", 3) == [
+        "03-28 02:30+0100",
+        "03-29 03:00+0200",
+        "03-30 02:30+0200",
+    ]
+    # Every skipped time collapses into one run when the gap ends.
+    assert wall_fires("*/20 * * * *", BERLIN, "2026-03-29 00:30", 3) == ["03-29 01:40+0100", "03-29 03:00+0200", "03-29 03:20+0200"]
+
+
+def test_cron_time_repeated_by_fall_back_fires_once() -> None:
+    assert wall_fires("30 2 * * *", BERLIN, "2026-10-24 00:00", 3) == [
+        "10-24 02:30+0200",
+        "10-25 02:30+0200",
+        "10-26 02:30+0100",
+    ]
+    assert wall_fires("*/30 2 * * *", BERLIN, "2026-10-24 23:00", 3) == ["10-25 02:00+0200", "10-25 02:30+0200", "10-26 02:00+0100"]
+
+
+def test_cron_firing_every_hour_keeps_firing_through_the_repeated_hour() -> None:
+    assert wall_fires("*/30 * * * *", BERLIN, "2026-10-24 23:00", 5) == [
+        "10-25 01:30+0200",
+        "10-25 02:00+0200",
+        "10-25 02:30+0200",
+        "10-25 02:00+0100",
+        "10-25 02:30+0100",
+    ]
+
+
+def test_cron_next_after_from_inside_the_repeated_hour() -> None:
+    second_0215 = at("2026-10-25 01:15")  # 02:15 CET, the second time the wall clock shows it
+    assert parse_cron("*/30 * * * *", BERLIN).next_after(second_0215) == at("2026-10-25 01:30")
+    assert parse_cron("30 2 * * *", BERLIN).next_after(second_0215) == at("2026-10-26 01:30")
+
+
+def test_timezone_names_are_checked_with_a_suggestion() -> None:
+    assert parse_timezone("Europe/Berlin").key == BERLIN
+    for typo, suggestion in (("Europe/Berln", BERLIN), ("europe/berlin", BERLIN), ("Berlin", BERLIN), ("New York", "America/New_York")):
+        with pytest.raises(ValueError, match=f"unknown time zone '{typo}'; did you mean '{suggestion}'"):
+            parse_timezone(typo)
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus' \\(an IANA name such as"):
+        parse_cron("0 2 * * *", "Mars/Olympus")
