@@ -80,6 +80,9 @@ class Entity:
     fields: tuple[Field, ...]
     key: tuple[str, ...]
     description: str = ""
+    partition_by: tuple[str, ...] = ()
+    """Fields that choose the Kafka partition instead of the key: every movement
+    of a sku must reach the one aggregator that owns the sku (`core.wire`)."""
 
     @property
     def schema(self) -> pl.Schema:
@@ -101,6 +104,13 @@ class Entity:
         if len(parts) == 1:
             return parts[0].alias("_kanal_key")
         return pl.concat_str(parts, separator="|").alias("_kanal_key")
+
+    def partition_expr(self) -> pl.Expr | None:
+        """The string whose hash chooses a record's partition, when it is not the key (`partition_by`)."""
+        if not self.partition_by:
+            return None
+        parts = [pl.col(k).cast(pl.String).fill_null("") for k in self.partition_by]
+        return pl.concat_str(parts, separator="|")
 
 
 CUSTOMER = Entity(
@@ -204,6 +214,7 @@ STOCK_MOVEMENT = Entity(
         Field("counterpart", description="the other location of a transfer (its incoming quantity follows)"),
     ),
     key=("event_id",),
+    partition_by=("sku",),
 )
 
 AVAILABILITY = Entity(

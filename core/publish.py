@@ -135,7 +135,7 @@ class Publisher:
         invalid = pl.concat(invalid_frames) if invalid_frames else None
         dead = self._reject(flow, chunk, invalid, tally)
         valid = pl.concat(valid_frames) if valid_frames else pl.DataFrame(schema={**flow.entity.schema, KEY: pl.String})
-        parts = wire.split_for_partitions(valid, flow.partitions, self.message_rows)
+        parts = wire.split_for_partitions(wire.with_partition_basis(valid, flow.entity), flow.partitions, self.message_rows)
         self.receipts.expect(name, chunk.id, len(parts), valid.height, dead)
         for part in parts:
             self._send(flow, chunk, part, len(parts))
@@ -150,7 +150,7 @@ class Publisher:
         if not self.use_dlq:
             invalid = unsuperseded(invalid, valid)
         dead = self._reject(flow, Chunk(read_id), None if invalid.is_empty() else invalid, tally, replace=False)
-        records = wire.record_messages(valid, flow.partitions)
+        records = wire.record_messages(wire.with_partition_basis(valid, flow.entity), flow.partitions)
         self.receipts.expect(name, read_id, len(records), valid.height, dead)
         common = [
             (wire.H_ENTITY, name.encode()),

@@ -23,6 +23,7 @@ import orjson
 import polars as pl
 
 from kanal.core.connector import DELETE, OP, TRUNCATE, VERSION
+from kanal.core.model import Entity
 from kanal.core.validate import KEY
 
 _SEED = 0x4B414E41  # fixed, so a key maps to the same partition in every process
@@ -55,11 +56,27 @@ class Part:
     frame: pl.DataFrame
 
 
+PARTITION = "_kanal_partition"
+"""Optional column of a frame to publish: hashed instead of the key to choose the
+partition (`Entity.partition_by`); never sent."""
+
+
+def with_partition_basis(frame: pl.DataFrame, entity: Entity) -> pl.DataFrame:
+    """Add `PARTITION` when the entity is partitioned by other fields than its key."""
+    expr = entity.partition_expr()
+    return frame if expr is None or frame.is_empty() else frame.with_columns(expr.alias(PARTITION))
+
+
+def _basis(frame: pl.DataFrame) -> str:
+    return PARTITION if PARTITION in frame.columns else KEY
+
+
 def split_for_partitions(frame: pl.DataFrame, partitions: int, max_rows: int) -> list[Part]:
-    """Group rows by partition of their key, then cut groups into messages of `max_rows`."""
+    """Group rows by partition of their key (or `PARTITION`), then cut groups into messages of `max_rows`."""
     if frame.is_empty():
         return []
-    hashed = frame.with_columns((pl.col(KEY).hash(seed=_SEED) % partitions).cast(pl.Int32).alias("_kanal_p"))
+    hashed = frame.with_columns((pl.col(_basis(frame)).hash(seed=_SEED) % partitions).cast(pl.Int32).alias("_kanal_p"))
+    hashed = hashed.drop(PARTITION, strict=False)
     parts: list[Part] = []
     for (partition,), group in sorted(hashed.partition_by("_kanal_p", as_dict=True, include_key=False).items()):
         for offset in range(0, group.height, max_rows):
@@ -93,9 +110,10 @@ def record_messages(frame: pl.DataFrame, partitions: int) -> list[Record]:
     """
     if frame.is_empty():
         return []
+    parts = partition_of(frame.get_column(_basis(frame)), partitions).to_list()
+    frame = frame.drop(PARTITION, strict=False)
     lines = frame.write_ndjson().encode().splitlines()
     keys = frame.get_column(KEY).to_list()
-    parts = partition_of(frame.get_column(KEY), partitions).to_list()
     ops = frame.get_column(OP).to_list()
     versions = frame.get_column(VERSION).to_list()
     everywhere = range(partitions)
