@@ -14,14 +14,23 @@ Callers catch at the level they can act on::
                                     under error policy `fail` (exit 1)
 
 Messages never carry secrets: every message passes through `redact`, which
-removes the values registered with `register_secret` (passwords, tokens, the
-password part of DSNs) wherever they appear.
+removes the values registered with `register_secret` wherever they appear,
+and the password part of any DSN. What is a secret is decided by the config,
+not by where a value came from: `register_secrets` walks a loaded config and
+registers the values of fields typed `SecretStr`, and text under a key named
+like a credential (`password`, `token`, `secret`, `api_key`, `access_token`,
+`consumer_secret`, librdkafka's `sasl.password`, `ssl.key.password`, ...).
+A table name that came from `${VAR}` stays readable in messages.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from typing import Any
+from urllib.parse import unquote
+
+from pydantic import BaseModel, SecretBytes, SecretStr
 
 _secrets: set[str] = set()
 _lock = threading.Lock()
@@ -29,11 +38,53 @@ _DSN_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 
 
+_SECRET_NAME = re.compile(
+    r"(password|passwd|passphrase|secret|token|api_?key|secret_?key|private_?key|credentials?)$", re.IGNORECASE
+)
+
+
 def register_secret(value: str | None) -> None:
-    """Remember a secret so that `redact` removes it from any later message."""
-    if value and len(value) >= 3:
-        with _lock:
-            _secrets.add(value)
+    """Remember a secret so that `redact` removes it from any later message.
+
+    A DSN's password is remembered on its own too (as written and decoded),
+    since drivers may quote it without the rest of the DSN.
+    """
+    if not value or len(value) < 3:
+        return
+    parts = {value}
+    parts.update(m.group(2) for m in _DSN_PASSWORD.finditer(value))
+    parts.update(m.group(2).strip("'") for m in _KV_PASSWORD.finditer(value))
+    parts.update({unquote(p) for p in parts})
+    with _lock:
+        _secrets.update(p for p in parts if len(p) >= 3)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a config key names a credential: `password`, `sasl.password`, `access_token`, `api_key`, ..."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def register_secrets(value: Any, name: str = "") -> None:
+    """Register every secret a config holds, at any depth.
+
+    Secrets are the values of `SecretStr`/`SecretBytes` fields and scalar
+    values under a credential-like key (`is_secret_name`); `value` may be a
+    pydantic model (its extra keys included), a dict or a list.
+    """
+    if isinstance(value, SecretStr | SecretBytes):
+        secret = value.get_secret_value()
+        register_secret(secret.decode(errors="replace") if isinstance(secret, bytes) else secret)
+    elif isinstance(value, BaseModel):
+        for key, item in value:
+            register_secrets(item, key)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            register_secrets(item, str(key))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            register_secrets(item, name)
+    elif isinstance(value, str | int) and not isinstance(value, bool) and is_secret_name(name):
+        register_secret(str(value))
 
 
 def redact(text: str) -> str:

@@ -1,29 +1,40 @@
-"""Loading a job file: YAML, `${ENV}` substitution, validation with exact places.
+"""Loading a job file: YAML, `${VAR}` substitution, validation with exact places.
 
 Every problem is reported as `file:line: path.in.file: problem`, all of them
-at once, and never as a traceback. Values of substituted variables are
-registered as secrets, so a password that came from the environment can never
-be echoed back in an error.
+at once (mapping files included), and never as a traceback. A problem is
+reported where it is: a sink entity the source does not provide points at
+that sink's entity line, an unknown key says which key was probably meant.
+
+`${VAR}` takes its value from the environment, else from a `.env` file
+beside the job file (the environment wins); `${VAR:-default}` falls back to
+`default`; `$${` is a literal `${`. Substituted values are not secret by
+themselves: the values of secret settings (passwords, tokens, keys, DSN
+passwords; see `kanal.core.errors.register_secrets`) are, wherever they
+came from, and are never echoed back in a message.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from dotenv import dotenv_values
 from pydantic import BaseModel, ValidationError
 
 from kanal.core import registry
 from kanal.core.connector import ConnectorSpec, CursorDelta, DeltaKind, EntityOptions
-from kanal.core.errors import ConfigError, KanalError, register_secret
-from kanal.jobs.model import Job
+from kanal.core.errors import ConfigError, register_secrets
+from kanal.core.model import ENTITIES
+from kanal.core.places import Loc, Problems, did_you_mean, read_yaml
+from kanal.jobs.model import Job, SinkSpec, SourceSpec
+from kanal.mappings import load_mapping
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-Loc = tuple[str | int, ...]
+_ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_FILE = ".env"
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,7 @@ class LoadedJob:
     source_config: BaseModel
     source_entities: dict[str, EntityPlan]
     sinks: list[SinkPlan]
+    lines: dict[Loc, int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -66,62 +78,16 @@ class LoadedJob:
             root = self.path.parent / root
         return root / self.job.name
 
+    def place(self, *loc: str | int) -> str:
+        """`job.yaml:9: source.entities.products`, for messages about a setting found wrong while running."""
+        return Problems(self.path.name, self.lines).locate(loc)
 
-def _lines(node: yaml.Node, loc: Loc = ()) -> dict[Loc, int]:
-    """Map each path in the document to its 1-based line."""
-    found = {loc: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            found.update(_lines(value, (*loc, key.value)))
-            found[(*loc, key.value)] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            found.update(_lines(value, (*loc, i)))
-    return found
-
-
-class _Reporter:
-    def __init__(self, path: Path, lines: dict[Loc, int]) -> None:
-        self.path, self.lines, self.problems = path, lines, []  # type: ignore[var-annotated]
-
-    def add(self, loc: Loc, message: str) -> None:
-        probe = loc
-        while probe and probe not in self.lines:
-            probe = probe[:-1]
-        line = self.lines.get(probe, 1)
-        where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[") or "(top)"
-        self.problems.append(f"{self.path.name}:{line}: {where}: {message}")
-
-    def pydantic(self, base: Loc, exc: ValidationError) -> None:
-        for err in exc.errors():
-            loc = (*base, *err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-            self.add(loc, msg)
-
-
-def _substitute(value: Any, loc: Loc, report: _Reporter) -> Any:
-    if isinstance(value, dict):
-        return {k: _substitute(v, (*loc, k), report) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, (*loc, i), report) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def env(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            register_secret(os.environ[name])
-            return os.environ[name]
-        if default is not None:
-            return default
-        report.add(loc, f"environment variable {name} is not set")
-        return ""
-
-    return _ENV.sub(env, value)
+    def entity_place(self, entity: str, sink: str | None = None) -> str:
+        """The place of an entity's options: on the source, or on the sink named `sink`."""
+        if sink is None:
+            return self.place("source", "entities", entity)
+        index = next(i for i, s in enumerate(self.sinks) if s.name == sink)
+        return self.place("sinks", index, "entities", entity)
 
 
 def load_job(path: str | Path) -> LoadedJob:
@@ -131,107 +97,202 @@ def load_job(path: str | Path) -> LoadedJob:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read job file {path}: {exc.strerror}") from None
-    try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path.name}{where}: invalid YAML: {problem}") from None
-    if not isinstance(raw, dict) or node is None:
+    raw, lines = read_yaml(text, path.name)
+    if not isinstance(raw, dict):
         raise ConfigError(f"{path.name}: a job file must be a YAML mapping (name, kafka, source, sinks, ...)")
-    report = _Reporter(path, _lines(node))
-    data = _substitute(raw, (), report)
+    found = Problems(path.name, lines)
+    data = _substitute(raw, (), _environment(path, found), found)
+    register_secrets(data)
     try:
-        job = Job.model_validate(data)
+        job: Job | None = Job.model_validate(data)
     except ValidationError as exc:
-        report.pydantic((), exc)
-        raise ConfigError(f"invalid job file {path}", report.problems) from None
-    loaded = _resolve(path, job, report)
-    if report.problems:
-        raise ConfigError(f"invalid job file {path}", report.problems)
-    assert loaded is not None
+        found.pydantic((), Job, data, exc)
+        job = None
+    source, sinks = (job.source, list(enumerate(job.sinks))) if job else _parts(data)
+    loaded = _resolve(path, job, source, sinks, found)
+    if found or loaded is None:
+        raise ConfigError(f"invalid job file {path}", found.problems)
     return loaded
 
 
-def _typed(model: type[BaseModel], data: dict[str, Any], loc: Loc, report: _Reporter) -> BaseModel | None:
+def _environment(path: Path, found: Problems) -> Mapping[str, str]:
+    """The variables `${VAR}` can name: the process environment over the `.env` file beside the job file."""
+    env_file = path.parent / ENV_FILE
+    if not env_file.is_file():
+        return os.environ
     try:
-        return model.model_validate(data)
+        values = dotenv_values(env_file, interpolate=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        found.extend([f"{env_file}: cannot read: {exc}"])
+        return os.environ
+    return {**{k: v for k, v in values.items() if v is not None}, **os.environ}
+
+
+def _substitute(value: Any, loc: Loc, env: Mapping[str, str], found: Problems) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, (*loc, k), env, found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, (*loc, i), env, found) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def variable(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name is None:  # `$${`: a literal `${`
+            return "${"
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        found.add(loc, f"environment variable {name} is not set (nor in {ENV_FILE} beside the job file)")
+        return ""
+
+    return _ENV.sub(variable, value)
+
+
+def _parts(data: dict[str, Any]) -> tuple[SourceSpec | None, list[tuple[int, SinkSpec]]]:
+    """The source and sinks that are valid on their own when the job as a whole is not.
+
+    Their connector settings are then still checked, so one run of `kanal
+    validate` shows every problem; their own errors are already reported.
+    """
+
+    def valid(model: type[BaseModel], value: Any) -> Any:
+        try:
+            return model.model_validate(value)
+        except ValidationError:
+            return None
+
+    source = valid(SourceSpec, data.get("source"))
+    sinks = data.get("sinks") if isinstance(data.get("sinks"), list) else []
+    return source, [(i, s) for i, s in enumerate(valid(SinkSpec, v) for v in sinks) if s is not None]
+
+
+def _typed(model: type[BaseModel], data: dict[str, Any], loc: Loc, found: Problems) -> BaseModel | None:
+    try:
+        typed = model.model_validate(data)
     except ValidationError as exc:
-        report.pydantic(loc, exc)
+        found.pydantic(loc, model, data, exc)
         return None
+    register_secrets(typed)
+    return typed
 
 
 def _delta_kind(delta: object) -> DeltaKind:
     return DeltaKind.CURSOR if isinstance(delta, CursorDelta) else DeltaKind(delta or "none")
 
 
+def _known_entities(side: Loc, entities: dict[str, Any], found: Problems) -> dict[str, Any]:
+    known = {}
+    for entity, options in entities.items():
+        if entity in ENTITIES:
+            known[entity] = options
+        else:
+            hint = did_you_mean(entity, ENTITIES)
+            found.add((*side, "entities", entity), f"unknown entity {entity!r} (known: {', '.join(ENTITIES)}){hint}")
+    return known
+
+
 def _entities(
-    side: Loc, specs: dict[str, Any], spec: ConnectorSpec, options_model: type[EntityOptions], base: Path, report: _Reporter
+    side: Loc, specs: dict[str, Any], spec: ConnectorSpec, options_model: type[EntityOptions], base: Path,
+    found: Problems,
 ) -> dict[str, EntityPlan]:
     """Typed options per entity, held to what the connector declares it can do.
 
     A connector's capabilities are binding: an entity it does not offer, or a
     delta kind it cannot read, is a job-file error here, not a traceback in
-    the middle of a migration.
+    the middle of a migration. Mapping files are read and checked here too.
     """
     plans = {}
     declared = spec.capabilities
     for entity, options in specs.items():
         loc = (*side, "entities", entity)
         if entity not in declared.entities:
-            report.add(loc, f"connector {spec.name!r} does not handle {entity} (it handles: {', '.join(declared.entities)})")
+            found.add(loc, f"connector {spec.name!r} does not handle {entity} (it handles: {', '.join(declared.entities)})")
             continue
-        typed = _typed(options_model, options, loc, report)
+        typed = _typed(options_model, options, loc, found)
         if typed is None:
             continue
         assert isinstance(typed, EntityOptions)
         kind = _delta_kind(typed.delta)
         if kind is not DeltaKind.NONE and kind not in declared.delta:
             offered = [k.value for k in declared.delta if k is not DeltaKind.NONE]
-            report.add(
+            found.add(
                 (*loc, "delta"),
                 f"connector {spec.name!r} cannot read delta: {kind.value}"
                 + (f" (it reads: {', '.join(offered)})" if offered else " (it reads no deltas)"),
             )
-        mapping = None
-        if typed.mapping:
-            mapping = (base / typed.mapping).resolve()
-            if not mapping.is_file():
-                report.add((*side, "entities", entity, "mapping"), f"mapping file {typed.mapping} not found")
-        plans[entity] = EntityPlan(entity, typed, mapping)
+        plans[entity] = EntityPlan(entity, typed, _mapping(typed.mapping, base, (*loc, "mapping"), found))
     return plans
 
 
-def _connector(name: str, loc: Loc, report: _Reporter, role: str) -> ConnectorSpec | None:
+def _mapping(name: str | None, base: Path, loc: Loc, found: Problems) -> Path | None:
+    """The mapping file's path, after checking its content: its problems are the job's problems."""
+    if not name:
+        return None
+    path = base / name
+    if not path.is_file():
+        found.add(loc, f"mapping file {name} not found (relative to the job file's folder)")
+    else:
+        try:
+            load_mapping(path)
+        except ConfigError as exc:
+            found.extend(exc.problems or [exc.message])
+    return path.resolve()
+
+
+def _connector(name: str, loc: Loc, found: Problems, role: str) -> ConnectorSpec | None:
     try:
         spec = registry.get(name)
-    except KanalError as exc:
-        report.add((*loc, "connector"), exc.message)
+    except ConfigError as exc:
+        found.add((*loc, "connector"), exc.message)
         return None
     if getattr(spec, role) is None:
-        report.add((*loc, "connector"), f"connector {name!r} has no {role}")
+        found.add((*loc, "connector"), f"connector {name!r} has no {role}")
         return None
     return spec
 
 
-def _resolve(path: Path, job: Job, report: _Reporter) -> LoadedJob | None:
+def _sink_names(sinks: list[tuple[int, SinkSpec]], found: Problems) -> None:
+    seen: dict[str, int] = {}
+    for i, sink in sinks:
+        if sink.name in seen:
+            found.add(("sinks", i, "name"), f"sink name {sink.name!r} is already used by sinks[{seen[sink.name]}]; "
+                                            "sink names must be unique")
+        seen.setdefault(sink.name, i)
+
+
+def _resolve(
+    path: Path, job: Job | None, source_spec: SourceSpec | None, sink_specs: list[tuple[int, SinkSpec]],
+    found: Problems,
+) -> LoadedJob | None:
+    """The typed job, or None when a problem was found (all of them are in `found`)."""
     base = path.parent
-    source = _connector(job.source.connector, ("source",), report, "source")
-    source_config = source_entities = None
-    if source and source.source:
-        source_config = _typed(source.config, job.source.config, ("source", "config"), report)
-        source_entities = _entities(("source",), job.source.entities, source, source.source.entity_options, base, report)
+    _sink_names(sink_specs, found)
+    source = source_config = source_entities = None
+    provided: set[str] | None = None
+    if source_spec is not None:
+        wanted = _known_entities(("source",), source_spec.entities, found)
+        provided = set(wanted)
+        source = _connector(source_spec.connector, ("source",), found, "source")
+        if source and source.source:
+            source_config = _typed(source.config, source_spec.config, ("source", "config"), found)
+            source_entities = _entities(("source",), wanted, source, source.source.entity_options, base, found)
     sinks = []
-    for i, sink in enumerate(job.sinks):
-        spec = _connector(sink.connector, ("sinks", i), report, "sink")
+    for i, sink in sink_specs:
+        wanted = _known_entities(("sinks", i), sink.entities, found)
+        for entity in wanted if provided is not None else ():
+            if entity not in provided:
+                found.add(("sinks", i, "entities", entity),
+                          f"sink {sink.name!r} wants {entity!r}, which the source does not provide "
+                          f"(source entities: {', '.join(sorted(provided))})")
+        spec = _connector(sink.connector, ("sinks", i), found, "sink")
         if spec is None or spec.sink is None:
             continue
-        config = _typed(spec.config, sink.config, ("sinks", i, "config"), report)
-        entities = _entities(("sinks", i), sink.entities, spec, spec.sink.entity_options, base, report)
+        config = _typed(spec.config, sink.config, ("sinks", i, "config"), found)
+        entities = _entities(("sinks", i), wanted, spec, spec.sink.entity_options, base, found)
         if config is not None:
             sinks.append(SinkPlan(sink.name, spec, config, entities))
-    if report.problems or source is None or source_config is None or source_entities is None:
+    if found or job is None or source is None or source_config is None or source_entities is None:
         return None
-    return LoadedJob(path.resolve(), job, source, source_config, source_entities, sinks)
+    return LoadedJob(path.resolve(), job, source, source_config, source_entities, sinks, found.lines)

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from kanal.core.kafka import KafkaSettings
-from kanal.core.model import ENTITIES
 from kanal.core.retry import RetryPolicy
 from kanal.core.schedule import Continuous, Schedule, parse_cron, parse_every, parse_timezone
 
@@ -26,9 +25,8 @@ class Strict(BaseModel):
 
 
 def _known_entities(entities: dict[str, Any]) -> dict[str, Any]:
-    unknown = [e for e in entities if e not in ENTITIES]
-    if unknown:
-        raise ValueError(f"unknown entity {unknown[0]!r} (known: {', '.join(ENTITIES)})")
+    """`prices:` without options means the defaults. Unknown entity names are
+    reported by `jobs.load`, at their own line."""
     return {k: (v or {}) for k, v in entities.items()}
 
 
@@ -136,17 +134,6 @@ class Job(Strict):
     def _schedule(cls, value: str | CronSchedule) -> str | CronSchedule:
         parse_schedule(value)
         return value
-
-    @model_validator(mode="after")
-    def _sinks_consistent(self) -> Job:
-        names = [s.name for s in self.sinks]
-        if len(set(names)) != len(names):
-            raise ValueError("sink names must be unique")
-        for i, sink in enumerate(self.sinks):
-            for entity in sink.entities:
-                if entity not in self.source.entities:
-                    raise ValueError(f"sinks[{i}] ({sink.name}) wants {entity!r}, which the source does not provide")
-        return self
 
 
 def parse_schedule(spec: str | CronSchedule) -> Schedule:

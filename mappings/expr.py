@@ -21,12 +21,12 @@ Semantics (see the package docstring for the user-facing summary):
 from __future__ import annotations
 
 import ast
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
 
+from kanal.core.places import did_you_mean
 from kanal.mappings.values import Scope, TypeProblem, join_texts, text, to_float, to_int, truthy
 
 Build = Callable[[Scope], pl.Expr]
@@ -229,9 +229,7 @@ class _Compiler:
             raise self.refuse(node.func, "only plain function calls are allowed, e.g. lower(x)")
         name, where = node.func.id, self.token(node)
         if name not in _FUNCTIONS and name not in _BUILTINS:
-            close = difflib.get_close_matches(name, _KNOWN, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise self.refuse(node.func, f"unknown function (known: {', '.join(_KNOWN)}){hint}")
+            raise self.refuse(node.func, f"unknown function (known: {', '.join(_KNOWN)}){did_you_mean(name, _KNOWN)}")
         if any(isinstance(a, ast.Starred) for a in node.args):
             raise self.refuse(node, "'*' arguments are not allowed")
         allowed_keywords = {"sep"} if name == "concat" else set()

@@ -9,7 +9,8 @@ import polars as pl
 
 from kanal.core.errors import ConfigError
 from kanal.mappings.compile import compile_select
-from kanal.mappings.spec import Direction, MappingSpec, load_yaml, parse_spec
+from kanal.core.places import read_yaml
+from kanal.mappings.spec import Direction, MappingSpec, parse_spec
 
 
 class Mapping:
@@ -69,4 +70,5 @@ def load_mapping(path: str | os.PathLike[str]) -> Mapping:
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read the mapping file: {exc}") from None
-    return parse_mapping(load_yaml(text, source), source)
+    data, lines = read_yaml(text, source)
+    return Mapping(parse_spec(data, source, lines))

@@ -9,14 +9,13 @@ dtypes) happen when the mapping is applied.
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import polars as pl
-import yaml
 
 from kanal.core.errors import ConfigError
+from kanal.core.places import Loc, Problems, unknown_key
 from kanal.core.model import ADDRESS_FIELDS, ENTITIES, Entity, Kind
 from kanal.mappings.expr import Expression, ExpressionError, parse_expression
 from kanal.mappings.values import CASTS, TRANSFORMS
@@ -129,48 +128,17 @@ class MappingSpec:
     fields: tuple[FieldSpec, ...] = ()
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate keys instead of keeping the last one silently."""
+def parse_spec(data: Any, source: str, lines: dict[Loc, int] | None = None) -> MappingSpec:
+    """Check a loaded mapping document; raises one ConfigError listing every problem.
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, list | dict):
-                continue  # unhashable; the base class reports it
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml(text: str, source: str) -> Any:
-    """Parse YAML text; syntax errors become a ConfigError with the line."""
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"{source}: {where}invalid YAML: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
-
-
-def parse_spec(data: Any, source: str) -> MappingSpec:
-    """Check a loaded mapping document; raises one ConfigError listing every problem."""
-    return _Parser(source).parse(data)
+    With the `lines` of the document (`kanal.core.places.read_yaml`) each
+    problem names its line: "<file>:<line>: fields.<target>.<key>: ...".
+    """
+    return _Parser(source, lines).parse(data)
 
 
 def _kind(value: Any) -> str:
     return "nothing" if value is None else type(value).__name__
-
-
-def _unknown(key: Any, known: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(key), known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown key {key!r} (known: {', '.join(known)}){hint}"
 
 
 def _is_scalar(value: Any) -> bool:
@@ -204,12 +172,16 @@ def _key_text(key: Scalar) -> str:
 
 
 class _Parser:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, lines: dict[Loc, int] | None) -> None:
         self.source = source
-        self.problems: list[str] = []
+        self.found = Problems(source, lines)
+
+    @property
+    def problems(self) -> list[str]:
+        return self.found.problems
 
     def problem(self, where: str, what: str) -> None:
-        self.problems.append(f"{self.source}: {where}: {what}")
+        self.found.add_at(where, what)
 
     def parse(self, data: Any) -> MappingSpec:
         if not isinstance(data, dict):
@@ -219,7 +191,7 @@ class _Parser:
             )
         for key in data:
             if key not in TOP_KEYS:
-                self.problem(str(key), _unknown(key, TOP_KEYS))
+                self.problem(str(key), unknown_key(key, TOP_KEYS))
         direction = self.direction(data.get("direction", "source"))
         entity = self.entity(data.get("entity"))
         keep = data.get("keep_unmapped", direction == "source")
@@ -310,7 +282,7 @@ class _Parser:
         before = len(self.problems)
         for key in spec:
             if key not in FIELD_KEYS:
-                self.problem(where, _unknown(key, FIELD_KEYS))
+                self.problem(where, unknown_key(key, FIELD_KEYS))
         ops = [k for k in OPERATIONS if k in spec]
         if not ops:
             self.problem(where, f"no operation: give one of {', '.join(OPERATIONS)}")
@@ -381,7 +353,7 @@ class _Parser:
         ok = True
         for key in value:
             if key not in SPLIT_KEYS:
-                self.problem(where, _unknown(key, SPLIT_KEYS))
+                self.problem(where, unknown_key(key, SPLIT_KEYS))
                 ok = False
         ok = self.name(f"{where}.from", value.get("from")) and ok
         sep, index = value.get("sep", " "), value.get("index")

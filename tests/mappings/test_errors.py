@@ -27,7 +27,7 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     path.write_text("entity: customers\nfields:\n  customer_no: [kunnr\n")
     with pytest.raises(ConfigError) as info:
         load_mapping(path)
-    assert str(info.value).startswith(f"{path}: line 4")
+    assert str(info.value).startswith(f"{path}:4:")
     assert "invalid YAML" in str(info.value)
 
 
@@ -36,7 +36,7 @@ def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
     path.write_text("fields:\n  email: mail\n  email: mail2\n")
     with pytest.raises(ConfigError) as info:
         load_mapping(path)
-    assert str(info.value) == f"{path}: line 3, column 3: invalid YAML: duplicate key 'email'"
+    assert str(info.value) == f"{path}:3:3: invalid YAML: duplicate key 'email'"
 
 
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
