@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from kanal.core.inventory.rules import ChannelRules
 from kanal.core.kafka import KafkaSettings
 from kanal.core.retry import RetryPolicy
 from kanal.core.schedule import Continuous, Schedule, parse_cron, parse_every, parse_timezone
@@ -108,6 +109,9 @@ class Job(Strict):
     errors: ErrorsSpec = Field(default_factory=ErrorsSpec, description="refused records and unreachable systems")
     batch: BatchSpec = Field(default_factory=BatchSpec, description="sizes and parallelism of a migration")
     state_dir: str | None = Field(None, description="where checkpoints live (default: .kanal/ beside the job file)")
+    inventory: ChannelRules | None = Field(
+        None, description="real-time inventory: sales channels and reservations for `kanal inventory` (docs/inventory.md)"
+    )
     schedule: str | CronSchedule = Field(
         "continuous",
         description=(
