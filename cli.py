@@ -121,15 +121,39 @@ def validate(job: str) -> None:
 
 @main.command()
 @JOB
+@click.option("--sample", type=click.IntRange(1, 100_000), metavar="N",
+              help="Also run the first N records of each entity through mapping and validation (nothing is written).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: each check, then each entity's sample.")
 @click.pass_context
 @handled
-def check(ctx: click.Context, job: str) -> None:
-    """Reach the broker, the source and every sink; say what fails."""
-    results = check_job.check(_load(job), ctx.obj["verbose"])
-    for r in results:
-        out.print(styled("ok", "green") if r.ok else styled("FAIL", "red"), f" {r.system}: {r.detail}")
-    if not all(r.ok for r in results):
+def check(ctx: click.Context, job: str, sample: int | None, as_json: bool) -> None:
+    """Reach the broker, the source and every sink, and check each entity's columns; say what fails.
+
+    Exit 1 when anything fails (with --sample: also when a sampled record would be dead-lettered).
+    """
+    report = check_job.check(_load(job), ctx.obj["verbose"], sample=sample)
+    if as_json:
+        for line in [*(r.as_dict() for r in report.results), *(s.as_dict() for s in report.samples)]:
+            click.echo(json.dumps(line, ensure_ascii=False))
+    else:
+        _print_check(report)
+    if not report.ok:
         sys.exit(1)
+
+
+def _print_check(report: check_job.CheckReport) -> None:
+    for r in report.results:
+        where = f" {r.entity}" if r.entity else ""
+        out.print(styled("ok", "green") if r.ok else styled("FAIL", "red"), f" {r.system}{where}: {r.detail}")
+    for s in report.samples:
+        if s.error is not None:
+            out.print(styled("FAIL", "red"), f" sample {s.entity}: {s.error}")
+            continue
+        mark = styled("ok", "green") if s.ok else styled("FAIL", "red")
+        out.print(mark, f" sample {s.entity}: {s.read} read, {s.passed} pass, {len(s.rejected)} would be dead-lettered")
+        for r in s.rejected:
+            where = f" ({r.stage})" if r.stage != "source" else ""
+            out.print(f"      {r.entity} key {r.key!r} field {', '.join(r.fields) or '?'}{where}: {r.reason}")
 
 
 @main.command()
@@ -407,10 +431,15 @@ def connector_new(name: str, source: bool, sink: bool, parent: str) -> None:
 def broker(port: int) -> None:
     """Run the embedded Kafka-compatible broker in the foreground (memory only)."""
     from kanal.core.embedded import EmbeddedBroker
+    from kanal.core.errors import BrokerUnavailable
 
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # taken by sigtimedwait below, not by handlers
     with EmbeddedBroker(port=port) as b:
         out.print(f"embedded broker listening on {b.bootstrap} (in memory; Ctrl-C stops it)")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while signal.sigtimedwait(stops, 0.5) is None:
+            if not b.alive():
+                raise BrokerUnavailable("embedded broker", f"stopped unexpectedly; it no longer serves {b.bootstrap}")
 
 
 @main.command()

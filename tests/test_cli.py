@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
 
+import psutil
+
+from kanal.core.embedded import answers_kafka, free_port
 from tests import erp
+from tests.conftest import KANAL
 
 
 def test_help_lists_every_command(cli) -> None:
@@ -30,3 +37,34 @@ def test_check_names_the_system_that_fails(cli, dbs) -> None:
     assert bad.returncode == 1
     assert "FAIL  sink shop (postgres)" in bad.stdout and "does not exist" in bad.stdout
     assert "ok  kafka" in bad.stdout and "ok  source (postgres)" in bad.stdout
+
+
+def test_broker_on_a_taken_port_fails_naming_it(tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([*KANAL, "broker", "--port", str(port)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use by another program" in proc.stderr
+    assert "listening" not in proc.stdout
+
+
+def test_broker_serves_until_stopped_and_fails_when_it_dies(tmp_path) -> None:
+    for end in ("SIGTERM", "broker killed"):
+        port = free_port()
+        proc = subprocess.Popen([*KANAL, "broker", "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert f"listening on 127.0.0.1:{port}" in proc.stdout.readline()
+            assert answers_kafka(port)
+            if end == "SIGTERM":
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=30) == 0
+            else:
+                psutil.Process(proc.pid).children()[0].kill()
+                assert proc.wait(timeout=30) == 1
+                assert f"it no longer serves 127.0.0.1:{port}" in proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.wait()
