@@ -12,6 +12,8 @@ Source::
 
     src = SourceCls(config)          # config: the connector's frozen pydantic model
     src.check()                      # reach the system; raise a ConnectorError
+    src.fields(entity, opts)         # `kanal check`: the columns a snapshot yields, without reading rows
+    src.sample(entity, opts, n)      # `kanal check --sample`: the first n rows
     src.discover()                   # entities offered, with keys and delta kind
     chunks = src.plan(entity, opts)  # split a snapshot into resumable chunks
     for frame in src.snapshot(entity, opts, chunk): ...
@@ -30,6 +32,7 @@ Sink::
 
     sink = SinkCls(config)
     sink.check()
+    sink.accepts(entity, opts, schema)  # `kanal check`: what would stop writes of that schema (no writes)
     sink.prepare(entity, opts)       # create a missing table, learn the target
     result = sink.write(entity, opts, frame, batch_id)  # idempotent, version-checked
     sink.finish(entity, opts)        # after a migration: build deferred indexes
@@ -268,6 +271,36 @@ class Source(ABC):
     def check(self) -> None:
         """Reach the system with the configured credentials; raise ConnectorError."""
 
+    def fields(self, entity: str, options: EntityOptions) -> pl.Schema | None:
+        """The columns (and their types) a snapshot of `entity` yields, learnt without reading its rows.
+
+        `kanal check` compiles the entity's mapping against them and looks
+        for the canonical fields it needs, so a missing column is reported
+        before a run, not after a million dead letters. Raise ConfigError
+        when the table, file or endpoint does not exist. None: the source
+        cannot tell before reading (the check then says so and
+        `kanal check --sample` learns the columns from rows).
+        """
+        return None
+
+    def sample(self, entity: str, options: EntityOptions, rows: int) -> pl.DataFrame:
+        """The first `rows` records of `entity` as a snapshot yields them (`kanal check --sample`).
+
+        The default reads the first chunk of the plan and stops once it has
+        enough; override it when planning or reading a chunk is costly (a
+        `LIMIT` query instead of counting the table).
+        """
+        chunks = self.plan(entity, options)
+        frames: list[pl.DataFrame] = []
+        have = 0
+        for chunk in chunks:
+            for frame in self.snapshot(entity, options, chunk):
+                frames.append(frame.head(rows - have))
+                have += frames[-1].height
+                if have >= rows:
+                    return pl.concat(frames, how="diagonal_relaxed")
+        return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
     @abstractmethod
     def discover(self) -> list[EntityInfo]:
         """The entities this source can offer with the current config."""
@@ -326,6 +359,18 @@ class Sink(ABC):
         system id there (`memory.ids`, `memory.remember_ids`).
         """
         self.memory = memory
+
+    def accepts(self, entity: str, options: EntityOptions, schema: pl.Schema) -> list[str]:
+        """What would stop writes of frames with `schema` to `entity`'s target, one line per problem.
+
+        Called by `kanal check` after `check`, with the columns the sink
+        would receive (canonical, or the sink mapping's output); it must not
+        write or create anything. A line names the target and what is wrong
+        with it, and the fix (a missing table with creation turned off, a
+        key or required column the frames lack, a column whose type cannot
+        hold the values). The default finds nothing to inspect.
+        """
+        return []
 
     def prepare(self, entity: str, options: EntityOptions) -> None:  # noqa: B027 - optional hook
         """Make the target ready for `entity` (create a missing table)."""

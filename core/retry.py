@@ -5,6 +5,9 @@ retried, with exponential backoff and jitter, honouring a server's
 Retry-After. The budget is time, not attempts: a sink database in
 maintenance for two minutes is waited for; one down for an hour fails the run
 with the last error, and the re-run resumes.
+
+Within a `core.deadline.deadline` block (first contact with a system when a
+command starts) retries also end at the deadline, and no wait outlasts it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from kanal.core.deadline import remaining
 from kanal.core.errors import Unreachable
 
 T = TypeVar("T")
@@ -36,8 +40,11 @@ def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, Unreachable) and exc.retry_after is not None:
-            return min(exc.retry_after, policy.max_wait_s * 6)
-        return float(backoff(state))
+            wait_s = min(exc.retry_after, policy.max_wait_s * 6)
+        else:
+            wait_s = float(backoff(state))
+        left = remaining()
+        return wait_s if left is None else max(0.0, min(wait_s, left))
 
     return wait
 
@@ -59,7 +66,7 @@ def call_with_retry(
         if on_retry and isinstance(exc, Unreachable):
             on_retry(exc, state.attempt_number)
 
-    stop = stop_after_delay(policy.max_elapsed_s)
+    stop = stop_after_delay(policy.max_elapsed_s) | (lambda _state: remaining() == 0.0)
     if cancel is not None:
         stop = stop | (lambda _state: cancel.is_set())
     retrying = Retrying(

@@ -17,6 +17,7 @@ from kanal.core.model import ADDRESS_FIELDS, ADDRESSES_DTYPE, Entity, Field, Kin
 
 REASON = "_kanal_reason"
 KEY = "_kanal_key"
+_EARLIER = "_kanal_earlier_reason"
 _DECIMAL = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 _TRUE = ("true", "t", "1", "yes", "y")
 # Text timestamps are tried against these in turn, so one column may mix them
@@ -153,7 +154,9 @@ def conform(frame: pl.DataFrame, entity: Entity) -> pl.DataFrame:
     """Return `frame` in the canonical schema with `_kanal_key` and `_kanal_reason`.
 
     Canonical fields missing from `frame` become NULL columns; columns that
-    are not canonical are dropped. Valid rows have `_kanal_reason` NULL.
+    are not canonical are dropped. Valid rows have `_kanal_reason` NULL. A
+    `_kanal_reason` already on `frame` (a mapping's failed cast or required
+    field, whose value it left NULL) is kept, before the rules' own.
     """
     present = {f.name: frame.schema[f.name] for f in entity.fields if f.name in frame.columns}
     raw = frame.select([pl.col(n).alias(f"_raw_{n}") for n in present])
@@ -162,9 +165,14 @@ def conform(frame: pl.DataFrame, entity: Entity) -> pl.DataFrame:
          for f in entity.fields]
     ).cast(dict(entity.schema))
     rules = [r for f in entity.fields if f.name in present or f.required for r in _rules(f)]
-    checked = pl.concat([converted, raw], how="horizontal").with_columns(
+    reason = pl.coalesce(rules) if rules else pl.lit(None, pl.String)
+    earlier = [frame.select(pl.col(REASON).cast(pl.String).alias(_EARLIER))] if REASON in frame.columns else []
+    if earlier:
+        joined = pl.concat_str([pl.col(_EARLIER), reason], separator="; ", ignore_nulls=True)
+        reason = pl.when(pl.col(_EARLIER).is_null() & reason.is_null()).then(None).otherwise(joined)
+    checked = pl.concat([converted, raw, *earlier], how="horizontal").with_columns(
         entity.key_expr(),
-        (pl.coalesce(rules) if rules else pl.lit(None, pl.String)).alias(REASON),
+        reason.alias(REASON),
     )
     return checked.select([*entity.field_names, KEY, REASON])
 

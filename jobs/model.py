@@ -108,6 +108,13 @@ class Job(Strict):
     sinks: list[SinkSpec] = Field(min_length=1, description="the systems records are written to")
     errors: ErrorsSpec = Field(default_factory=ErrorsSpec, description="refused records and unreachable systems")
     batch: BatchSpec = Field(default_factory=BatchSpec, description="sizes and parallelism of a migration")
+    connect_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="how long migrate/run/sync/check try to reach the source and each sink at start before failing "
+        "(the broker: kafka.connect_timeout_s); an outage during a run is waited for within errors.retry",
+    )
     state_dir: str | None = Field(None, description="where checkpoints live (default: .kanal/ beside the job file)")
     inventory: ChannelRules | None = Field(
         None, description="real-time inventory: sales channels and reservations for `kanal inventory` (docs/inventory.md)"

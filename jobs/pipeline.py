@@ -35,8 +35,9 @@ from typing import Any
 import polars as pl
 
 from kanal.core.connector import Chunk, DeltaContext, DeltaReader, Sink, Source
+from kanal.core.deadline import deadline
 from kanal.core.deliver import SinkDelivery, first_error
-from kanal.core.errors import ConfigError
+from kanal.core.errors import ConfigError, Unreachable
 from kanal.core.kafka import BoundedProducer, KafkaConnection
 from kanal.core.model import entity as canonical
 from kanal.core.progress import Metrics
@@ -56,9 +57,33 @@ log = logging.getLogger("kanal.pipeline")
 # connect --------------------------------------------------------------------
 
 
+def reach(loaded: LoadedJob, connector: Source | Sink | DeltaReader) -> None:
+    """First contact with a system at start (`check`): retried within the job's `connect_timeout_s` only.
+
+    A wrong host or a port nobody answers then fails in seconds with the
+    system's own message, the time waited and the option to raise, instead
+    of after the whole retry budget (`core.deadline`).
+    """
+    seconds = loaded.job.connect_timeout_s
+    with deadline(seconds):
+        try:
+            call_with_retry(connector.check, loaded.job.errors.retry)
+        except Unreachable as exc:
+            detail = exc.message.removeprefix(f"{exc.system}: ")
+            raise type(exc)(
+                exc.system,
+                f"not reachable within {seconds:g}s ({detail}); check its address in the job file and that it "
+                "is running, or raise `connect_timeout_s`",
+            ) from None
+
+
 def connect_source(loaded: LoadedJob) -> Source:
     source = make_source(loaded)
-    call_with_retry(source.check, loaded.job.errors.retry)
+    try:
+        reach(loaded, source)
+    except BaseException:
+        source.close()
+        raise
     return source
 
 
@@ -74,7 +99,7 @@ def connect_sinks(loaded: LoadedJob, streaming: bool = False) -> dict[str, list[
     for plan in loaded.sinks:
         instances = [make_sink(loaded, plan) for _ in range(loaded.job.batch.sink_writers)]
         for sink in instances:
-            call_with_retry(sink.check, retry)
+            reach(loaded, sink)
         _prepare(instances, plan.entities, retry)
         if streaming:
             for entity, ep in plan.entities.items():

@@ -138,6 +138,26 @@ def read(
         raise disk_error("read", path, exc) from None
 
 
+def columns(path: Path, fmt: Format, *, delimiter: str = ",", encoding: str = "utf8") -> pl.Schema | None:
+    """The columns `read` yields for a file, from its header (CSV), footer (Parquet) or first 1 MiB (JSON Lines).
+
+    None: the file holds no records to tell them from. A JSON Lines field
+    that first appears after the first MiB is not seen.
+    """
+    try:
+        if fmt == "csv":
+            with _as_utf8(path, encoding) as text:
+                return pl.scan_csv(text, separator=delimiter, infer_schema=False, raise_if_empty=False).collect_schema()
+        if fmt == "parquet":
+            return cast(pl.DataFrame, pl.from_arrow(pq.read_schema(path).empty_table())).schema
+        first = next(_read_jsonl(path, 1, 1 << 20), None)
+        return None if first is None else first.schema
+    except OSError as exc:
+        raise disk_error("read", path, exc) from None
+    except (pl.exceptions.PolarsError, pa.ArrowException) as exc:
+        raise _malformed(fmt, path, exc, None) from None
+
+
 def _read_csv(path: Path, delimiter: str, encoding: str, batch_rows: int) -> Iterator[pl.DataFrame]:
     with _as_utf8(path, encoding) as text:
         frames = pl.scan_csv(

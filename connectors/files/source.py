@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from kanal.connectors.files.config import FilesConfig, FilesSourceOptions, Format
-from kanal.connectors.files.formats import BATCH_ROWS, EXTENSIONS, SYSTEM, count_rows, disk_error, format_of, read
+from kanal.connectors.files.formats import BATCH_ROWS, EXTENSIONS, SYSTEM, columns, count_rows, disk_error, format_of, read
 from kanal.connectors.files.delta import FilesDelta
 from kanal.core.connector import Chunk, DeltaContext, DeltaReader, EntityInfo, EntityOptions, Source
 from kanal.core.errors import ConfigError, ConnectorError
@@ -90,6 +90,16 @@ class FilesSource(Source):
             raise ConfigError(f"entity {entity!r}: cannot tell the format of {path}; set `format`")
         config = self.config
         yield from read(path, fmt, delimiter=config.delimiter, encoding=config.encoding, batch_rows=BATCH_ROWS)
+
+    def fields(self, entity: str, options: EntityOptions) -> pl.Schema | None:
+        """The columns every file of the entity has (a column missing from one file is missing)."""
+        found: pl.Schema | None = None
+        for chunk in self.plan(entity, options):
+            schema = columns(self.base / chunk.spec["path"], chunk.spec["format"], delimiter=self.config.delimiter,
+                             encoding=self.config.encoding)
+            if schema is not None:
+                found = schema if found is None else pl.Schema({n: t for n, t in found.items() if n in schema})
+        return found
 
     def delta(self, context: DeltaContext) -> DeltaReader:
         wrong = [e for e, o in context.entities.items() if o.delta != "files"]

@@ -19,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from kanal.connectors.postgres.config import PostgresConfig
 from kanal.core.errors import AuthError, BatchRejected, ConnectorError, Unreachable
+from kanal.core.deadline import attempt_timeout
 
 _AUTH_STATES = ("28P01", "28000")  # invalid_password, invalid_authorization_specification
 # libpq reports refused logins at connect time without a SQLSTATE: recognise the server's words.
@@ -41,7 +42,7 @@ def connect(config: PostgresConfig) -> psycopg.Connection:
     try:
         return psycopg.connect(
             config.dsn.get_secret_value(),
-            connect_timeout=config.connect_timeout_s,
+            connect_timeout=int(attempt_timeout(config.connect_timeout_s)),
             application_name=config.application_name,
             options="-c TimeZone=UTC -c DateStyle=ISO",
         )

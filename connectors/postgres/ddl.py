@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import polars as pl
 import psycopg
 
 from kanal.core.connector import VERSION
@@ -38,6 +39,69 @@ _PG_TYPES = {
     Kind.ENUM: "text",
     Kind.ADDRESSES: "jsonb",
 }
+
+
+_NUMBERS = frozenset({"decimal", "integer", "float"})
+_HOLDS: dict[str, frozenset[str]] = {
+    "numeric": _NUMBERS,
+    "double precision": _NUMBERS,
+    "real": _NUMBERS,
+    "integer": frozenset({"integer"}),
+    "bigint": frozenset({"integer"}),
+    "smallint": frozenset({"integer"}),
+    "boolean": frozenset({"bool"}),
+    "timestamp with time zone": frozenset({"datetime"}),
+    "timestamp without time zone": frozenset({"datetime"}),
+    "date": frozenset({"datetime"}),
+    "json": frozenset({"json"}),
+    "jsonb": frozenset({"json"}),
+}
+"""What values each column type takes (text types take everything; unknown types are not judged)."""
+_VALUES = {
+    Kind.DECIMAL: "decimal", Kind.FLOAT: "float", Kind.BOOL: "bool", Kind.DATETIME: "datetime",
+    Kind.JSON: "json", Kind.ADDRESSES: "json",
+}  # fmt: skip
+
+
+def values_of(name: str, dtype: pl.DataType, entity: Entity) -> str:
+    """What a column of incoming frames holds: its canonical kind, or what its polars type says (sink mappings)."""
+    known = {f.name: f for f in entity.fields}
+    if name in known and known[name].dtype == dtype:
+        return _VALUES.get(known[name].kind, "text")
+    if dtype.is_integer():
+        return "integer"
+    if dtype.is_float():
+        return "float"
+    if dtype == pl.Boolean:
+        return "bool"
+    if dtype.is_temporal():
+        return "datetime"
+    if isinstance(dtype, pl.Struct | pl.List):
+        return "json"
+    return "text"
+
+
+def holds(pg_type: str, values: str) -> bool:
+    """Whether a column of `pg_type` takes every value of that kind (text into a numeric column does not)."""
+    allowed = _HOLDS.get(pg_type)
+    return allowed is None or values in allowed
+
+
+def pg_type(kind_values: str) -> str:
+    """A column type that takes such values, for the fix Kanal suggests."""
+    return {"decimal": "numeric", "integer": "bigint", "float": "double precision", "bool": "boolean",
+            "datetime": "timestamptz", "json": "jsonb"}.get(kind_values, "text")  # fmt: skip
+
+
+def not_null_without_default(conn: psycopg.Connection, schema: str, name: str) -> list[str]:
+    """Columns every insert must fill: NOT NULL, no default, not generated or identity."""
+    rows = conn.execute(
+        "select column_name from information_schema.columns where table_schema = %s and table_name = %s "
+        "and is_nullable = 'NO' and column_default is null and is_identity = 'NO' and is_generated = 'NEVER' "
+        "order by ordinal_position",
+        (schema, name),
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 @dataclass(frozen=True)

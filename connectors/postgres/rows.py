@@ -11,7 +11,7 @@ import psycopg
 from kanal.connectors.postgres.config import PostgresSourceOptions
 from kanal.connectors.postgres.db import qualified, translated
 
-_TEMPORAL = ("timestamp with time zone", "timestamp without time zone", "date")
+TEMPORAL = ("timestamp with time zone", "timestamp without time zone", "date")
 
 
 def read_rows(
@@ -32,7 +32,7 @@ def read_rows(
     computed = computed or {}
     select = ", ".join(
         f'case when isfinite("{name}") then (extract(epoch from "{name}") * 1000000)::int8 end'
-        if dtype in _TEMPORAL
+        if dtype in TEMPORAL
         else f'"{name}"'
         for name, dtype in columns
     )
@@ -42,7 +42,7 @@ def read_rows(
         "TO STDOUT (FORMAT csv, NULL '\\N')"
     )
     names = [name for name, _ in columns] + list(computed)
-    temporal = [name for name, dtype in columns if dtype in _TEMPORAL]
+    temporal = [name for name, dtype in columns if dtype in TEMPORAL]
     buf = io.BytesIO()
     with translated(where), conn.cursor().copy(sql) as copy:
         for data in copy:

@@ -40,6 +40,7 @@ from kanal.connectors.postgres.config import PostgresConfig, PostgresSinkOptions
 from kanal.connectors.postgres.db import connect, describe, qualified, reraise, translated
 from kanal.core.connector import DELETE, OP, TRUNCATE, UPSERT, VERSION, EntityOptions, Sink, WriteResult
 from kanal.core.errors import ConfigError, ConnectorError
+from kanal.core.model import Entity
 from kanal.core.model import entity as canonical
 from kanal.core.validate import KEY
 
@@ -68,6 +69,21 @@ class PostgresSink(Sink):
         with translated(self.system):
             self._connection().execute("select 1")
             self._connection().rollback()
+
+    def accepts(self, entity: str, options: EntityOptions, schema: pl.Schema) -> list[str]:
+        """A missing table (create: false), or an existing one that cannot take these columns (nothing is created)."""
+        opts = self._opts(options)
+        name = f"{opts.schema_name}.{opts.table}"
+        with translated(self.system):
+            conn = self._connection()
+            target = ddl.inspect(conn, opts.schema_name, opts.table)
+            required = ddl.not_null_without_default(conn, opts.schema_name, opts.table) if target else []
+            conn.rollback()
+        if target is None:
+            if opts.create:
+                return []
+            return [f"{self.system}: table {name} does not exist (create: false); create it, or set `create: true`"]
+        return _shape_problems(self.system, name, canonical(entity), target, required, schema)
 
     def prepare(self, entity: str, options: EntityOptions) -> None:
         opts = self._opts(options)
@@ -291,6 +307,41 @@ def _csv(frame: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
     frame.write_csv(buf, include_header=False, null_value="\\N")
     return buf.getvalue()
+
+
+def _shape_problems(
+    system: str, name: str, entity: Entity, target: ddl.Target, required: list[str], schema: pl.Schema
+) -> list[str]:
+    """Why writes of frames with `schema` into an existing table would fail or lose values, each with its fix."""
+    incoming = [c for c in schema if not c.startswith("_kanal_")]
+    problems = []
+    if not target.bulk_load and not target.conflict:
+        problems.append(f"{system}: table {name} has no primary key or unique index; upserts need one (e.g. on {', '.join(entity.key)})")
+    lacking_key = [c for c in target.conflict if c not in schema]
+    if lacking_key:
+        problems.append(f"{system}: table {name}: its key column(s) {', '.join(lacking_key)} get no value; map a field to them (sink mapping)")
+    absent = [c for c in incoming if c not in target.columns]
+    if absent:
+        add = ", ".join(f'add column "{c}" {ddl.pg_type(ddl.values_of(c, schema[c], entity))}' for c in absent)
+        problems.append(
+            f"{system}: table {name} has no column(s) {', '.join(absent)} (their values would be lost); "
+            f"alter table {name} {add}; or leave them out with a sink mapping"
+        )
+    unfilled = [c for c in required if c not in schema]
+    if unfilled:
+        problems.append(
+            f"{system}: table {name}: NOT NULL column(s) {', '.join(unfilled)} without a default get no value; "
+            "give them a default, or map a field to them (sink mapping)"
+        )
+    for column in incoming:
+        pg = target.columns.get(column)
+        values = ddl.values_of(column, schema[column], entity)
+        if pg is not None and not ddl.holds(pg, values):
+            problems.append(
+                f"{system}: table {name}: column {column} is {pg} but receives {values} values; "
+                f"alter table {name} alter column \"{column}\" type {ddl.pg_type(values)}, or cast it in a sink mapping"
+            )
+    return problems
 
 
 def _rollback(conn: psycopg.Connection) -> None:

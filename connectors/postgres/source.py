@@ -31,7 +31,7 @@ from kanal.connectors.postgres.cdc import CdcReader
 from kanal.connectors.postgres.config import PostgresConfig, PostgresSourceOptions
 from kanal.connectors.postgres.cursor import PostgresCursorReader
 from kanal.connectors.postgres.db import connect, describe, qualified, translated
-from kanal.connectors.postgres.rows import read_rows
+from kanal.connectors.postgres.rows import TEMPORAL, read_rows
 from kanal.core.connector import Chunk, CursorDelta, DeltaContext, DeltaReader, EntityInfo, EntityOptions, Source
 from kanal.core.delta import combined, split_context
 from kanal.core.errors import ConfigError, ConnectorError
@@ -122,6 +122,18 @@ class PostgresSource(Source):
                 frame = read_rows(self._connection(), where, opts, columns, condition)
         for offset in range(0, frame.height, _MAX_FRAME_ROWS):
             yield frame.slice(offset, _MAX_FRAME_ROWS)
+
+    def fields(self, entity: str, options: EntityOptions) -> pl.Schema:
+        """The table's columns as a snapshot types them: timestamps and dates as UTC datetimes, the rest text."""
+        return pl.Schema(
+            {name: pl.Datetime("us", "UTC") if dtype in TEMPORAL else pl.String() for name, dtype in self._columns(self._opts(options))}
+        )
+
+    def sample(self, entity: str, options: EntityOptions, rows: int) -> pl.DataFrame:
+        """The first `rows` rows (matching `where`) by a LIMIT query: no planning, no count of the table."""
+        opts = self._opts(options)
+        where = f"{self.system} ({opts.schema_name}.{opts.table})"
+        return read_rows(self._connection(), where, opts, self._columns(opts), opts.where or "true", f" limit {int(rows)}")
 
     # one consistent snapshot per migration -----------------------------------
 

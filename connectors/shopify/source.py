@@ -97,6 +97,11 @@ class ShopifySource(Source):
             self._currency = self.api.query("query { shop { currencyCode } }")["shop"]["currencyCode"]
         return self._currency
 
+    def fields(self, entity: str, options: EntityOptions) -> pl.Schema:
+        """Shopify's records are read into the canonical fields of `entity`."""
+        _entity_options(entity, options)
+        return canonical(entity).schema
+
     def discover(self) -> list[EntityInfo]:
         return [EntityInfo(e, canonical(e).key, delta=DeltaKind.CURSOR) for e in ENTITIES]
 

@@ -110,6 +110,11 @@ class WooSource(Source):
             self._currency = str(self.client.request("GET", "data/currencies/current").json()["code"])
         return self._currency
 
+    def fields(self, entity: str, options: EntityOptions) -> pl.Schema:
+        """WooCommerce's records are read into the canonical fields of `entity` (from its endpoints)."""
+        self.endpoints(entity)
+        return canonical(entity).schema
+
     def discover(self) -> list[EntityInfo]:
         infos = [EntityInfo(e, canonical(e).key, delta=DeltaKind.CURSOR) for e in DELTA_ENTITIES]
         return [*infos, EntityInfo("customers", canonical("customers").key)]

@@ -43,6 +43,7 @@ from kanal.core.http.frames import Path
 from kanal.core.http.lanes import Lane, Slots
 from kanal.core.http.paginate import Page, PageRequest, Paginator
 from kanal.core.http.responses import RECORD_STATUSES, RecordFailure, failure, unreachable
+from kanal.core.deadline import attempt_timeout
 from kanal.core.retry import RetryPolicy, call_with_retry
 
 _GRAPHQL_AUTH_CODES = frozenset({"ACCESS_DENIED", "UNAUTHENTICATED", "FORBIDDEN"})
@@ -149,7 +150,7 @@ class HttpClient:
         self._origin = _origin(self._base)
         self.budget: Budget = budget_for(self._origin, auth.identity() if auth else "anonymous", budget or BudgetSpec())
         self._pool_key, self._pool = _acquire_pool(self._origin, transport, settings)
-        self._timeout = httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
+        self._settings = settings
         self._retry = retry or RetryPolicy()
         self._cancel = cancel
         self._on_retry = on_retry
@@ -273,7 +274,7 @@ class HttpClient:
                 params=request.params or None,
                 json=request.json,
                 headers=self._headers,
-                timeout=self._timeout,
+                timeout=httpx.Timeout(self._settings.timeout_s, connect=attempt_timeout(self._settings.connect_timeout_s)),
             )
             if self.auth is not None:
                 self.auth.apply(outgoing, http, self.system)

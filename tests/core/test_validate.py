@@ -31,6 +31,20 @@ def test_each_rule_names_field_and_value() -> None:
     assert reasons["D"].startswith("updated_at: not a date is not a valid datetime")
 
 
+def test_a_mapping_rejection_is_kept_before_the_rules_own() -> None:
+    """A failed cast leaves its value NULL: without the mapping's reason the row would pass with the value lost."""
+    frame = pl.DataFrame(
+        {"sku": ["A", "B", "C"], "updated_at": ["2024-01-01", None, None],
+         REASON: [None, "mapping m.yaml: updated_at: 'gestern' is not a valid datetime (from changed)", "mapping m.yaml: x"]}
+    ).with_columns(pl.col("sku").replace("C", ""))
+    checked = conform(frame, model.PRODUCT)
+    assert checked[REASON].to_list() == [
+        None,
+        "mapping m.yaml: updated_at: 'gestern' is not a valid datetime (from changed)",
+        "mapping m.yaml: x; sku: required field is empty",
+    ]
+
+
 def test_missing_required_column_rejects_every_row() -> None:
     _, invalid = split(conform(pl.DataFrame({"sku": ["A"], "amount": ["1"]}), model.PRICE))
     assert invalid[REASON].to_list() == ["currency: required field is empty"]
