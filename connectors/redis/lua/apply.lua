@@ -11,7 +11,8 @@
 -- Records of one key are applied in the order given (the engine hands them over in source order).
 -- A record is older when its version is below the stored one; versions are compared when both sides
 -- have one, else source positions when both have one, else the record applies. Equal applies: a
--- re-delivery rewrites the same content, and a delete and a re-insert at one position keep their order.
+-- re-delivery rewrites the same content (and publishes nothing), and a delete and a re-insert at one
+-- position keep their order.
 
 local function nn(x)
   if x == nil or x == false or x == cjson.null then return nil end
@@ -88,7 +89,7 @@ for i = 3, #ARGV do
     redis.call("DEL", key)
     if #hash > 0 then redis.call("HSET", key, unpack(hash)) end
     redis.call("HDEL", KEYS[1], key)
-    publish(key, "upsert", v, p, r.f)
+    if c ~= 0 then publish(key, "upsert", v, p, r.f) end  -- equal: a re-delivery, nothing new to tell
     applied = applied + 1
   else
     if v or p then redis.call("HSET", KEYS[1], key, cjson.encode({v = v, p = p})) end

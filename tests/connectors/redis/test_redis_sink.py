@@ -88,6 +88,7 @@ def test_each_applied_change_is_on_the_stream_which_stays_bounded(
 ) -> None:
     write(sink, {"sku": "A", "channel": "web", "quantity": "5", "version": "1"}, {"sku": "B", "channel": "web", "quantity": "0", "version": "1"})
     write(sink, {"sku": "A", "channel": "web", "quantity": "9", "version": "0"})  # skipped: not published
+    write(sink, {"sku": "B", "channel": "web", "quantity": "0", "version": "1"})  # re-delivered: nothing new
     entries = [fields for _, fields in inventory.changes("availability")]
     assert [(e["key"], e["op"], e["quantity"], e["version"]) for e in entries] == [
         ("kanal:availability:web:A", "upsert", "5", "1"), ("kanal:availability:web:B", "upsert", "0", "1"),

@@ -1,0 +1,93 @@
+"""The embedded server: one per data folder, shared, durable, and never left behind."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import redis
+
+from kanal.connectors.redis import embedded
+from tests.waiting import wait_for
+
+
+def servers(data_dir: Path) -> list[psutil.Process]:
+    """Running server processes of `data_dir` (found by their socket in the process title)."""
+    sock = str(embedded.socket_path(data_dir.resolve()))
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if sock in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:  # ended while we looked
+            continue
+    return found
+
+
+def test_leases_share_one_server_the_last_stops_it_and_the_data_stays(tmp_path: Path) -> None:
+    first, second = embedded.lease(tmp_path / "r"), embedded.lease(tmp_path / "r")
+    assert len(servers(tmp_path / "r")) == 1
+    with redis.Redis(unix_socket_path=str(first.sock)) as client:
+        client.set("kept", "yes")
+    first.release()
+    assert len(servers(tmp_path / "r")) == 1  # the second still holds it
+    second.release()
+    assert servers(tmp_path / "r") == [] and not first.sock.exists()
+    again = embedded.lease(tmp_path / "r")
+    with redis.Redis(unix_socket_path=str(again.sock)) as client:
+        assert client.get("kept") == b"yes"  # appendfsync always: written means on disk
+    again.release()
+    assert servers(tmp_path / "r") == []
+
+
+def run_python(code: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def test_another_process_uses_a_running_server_and_leaves_it_running(tmp_path: Path) -> None:
+    mine = embedded.lease(tmp_path / "r")
+    other = run_python(f"""
+        import redis
+        from kanal.connectors.redis import embedded
+        lease = embedded.lease(__import__("pathlib").Path({str(tmp_path / "r")!r}))
+        redis.Redis(unix_socket_path=str(lease.sock)).set("from", "other")
+        lease.release()
+    """)
+    assert other.wait(timeout=60) == 0
+    with redis.Redis(unix_socket_path=str(mine.sock)) as client:
+        assert client.get("from") == b"other"
+    assert len(servers(tmp_path / "r")) == 1
+    mine.release()
+
+
+def test_kill_9_of_the_owner_takes_its_server_along(tmp_path: Path) -> None:
+    owner = run_python(f"""
+        import threading, time
+        from kanal.connectors.redis import embedded
+        def hold():  # leased from a thread that ends: the server must outlive it
+            embedded.lease(__import__("pathlib").Path({str(tmp_path / "r")!r}))
+        t = threading.Thread(target=hold); t.start(); t.join()
+        print("ready", flush=True)
+        time.sleep(120)
+    """)
+    assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
+    assert len(servers(tmp_path / "r")) == 1  # still there after the thread that leased it ended
+    owner.send_signal(signal.SIGKILL)
+    owner.wait(timeout=30)
+    wait_for(lambda: servers(tmp_path / "r") == [], timeout=30, what="the orphaned server to die")
+
+
+def test_a_deep_data_folder_gets_its_socket_in_the_temp_folder(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    lease = embedded.lease(deep)
+    try:
+        assert lease.sock.parent != deep and len(str(lease.sock)) < 100
+        with redis.Redis(unix_socket_path=str(lease.sock)) as client:
+            assert client.ping()
+    finally:
+        lease.release()
+    assert servers(deep) == []
