@@ -30,8 +30,10 @@ def test_connectors_declare_capabilities_and_config_schema(cli) -> None:
 
 
 def test_check_names_the_system_that_fails(cli, dbs) -> None:
+    erp.seed(dbs.erp_sql, products=5)
     good = cli.run("check", str(cli.write_job(erp.job())), check=True)
     assert "ok  sink shop (postgres)" in good.stdout
+    assert "ok  source (postgres) prices: [table: erp_prices] columns cover the required fields" in good.stdout
     cli.env["SHOP_DSN"] = dbs.shop.replace("/shop_", "/missing_")
     bad = cli.run("check", str(cli.write_job(erp.job())))
     assert bad.returncode == 1
