@@ -22,13 +22,14 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from kanal.core import registry
+from kanal.core import logs, registry
 from kanal.core.console import console, styled
 from kanal.core.errors import ConfigError, KanalError
 from kanal.core.schedule import parse_cron, parse_timezone
 from kanal.jobs import check as check_job
 from kanal.jobs import dlq as dlq_job
 from kanal.jobs import scaffold
+from kanal.jobs import service
 from kanal.jobs import status as status_job
 from kanal.jobs import worker as worker_job
 from kanal.jobs.cleanup import cleanup as cleanup_job
@@ -51,14 +52,14 @@ def handled(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:
-            err.print(styled("error:", "red", exc.message))
+            _error(exc.message)
             sys.exit(2)
         except KanalError as exc:
             logging.getLogger("kanal").debug("where it failed", exc_info=True)
-            err.print(styled("error:", "red", exc.message))
+            _error(exc.message)
             sys.exit(1)
         except KeyboardInterrupt:
-            err.print("interrupted; run the same command again to resume")
+            _say("interrupted; run the same command again to resume")
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
@@ -68,11 +69,81 @@ def _load(path: str) -> LoadedJob:
     return load_job(path)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Show debug logs, including the Kafka client's.")
+def _say(text: str, job: str | None = None) -> None:
+    """A status line on stderr; a log record instead when logs are JSON (every stderr line is then JSON)."""
+    if logs.json_mode():
+        logging.getLogger("kanal.cli").info(text, extra={"job": job})
+    else:
+        err.print(text)
+
+
+def _error(text: str, job: str | None = None) -> None:
+    if logs.json_mode():
+        logging.getLogger("kanal.cli").error(text, extra={"job": job})
+    else:
+        err.print(styled("error:", "red", text))
+
+
+VERBOSE_HELP = "Show debug logs, including the Kafka client's."
+LOG_FORMAT_HELP = "plain (default) or json: one JSON object per log line (time, level, message, logger, job, entity, sink)."
+SERVICE_COMMANDS = ("sync", "run", "worker")
+
+
+def _log_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """-v or --log-format given after the subcommand: applied on top of the global ones."""
+    settings = ctx.find_root().obj
+    if value and settings is not None:
+        settings[param.name or ""] = value
+        logs.setup(settings["verbose"], settings["log_format"])
+
+
+def _service_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    ctx.find_root().obj.setdefault("service", {})[param.name] = value
+
+
+def _common_options(command: click.Command) -> None:
+    """Options every subcommand takes after its name; sync, run and worker also serve probes and metrics."""
+    command.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=_log_option,
+                                       help=VERBOSE_HELP))
+    command.params.append(click.Option(["--log-format"], type=click.Choice(logs.FORMATS), expose_value=False,
+                                       callback=_log_option, help=LOG_FORMAT_HELP))
+    if command.name not in SERVICE_COMMANDS:
+        return
+    command.params.extend([
+        click.Option(["--http-port"], type=click.IntRange(1, 65535), metavar="PORT", expose_value=False,
+                     callback=_service_option, help="Serve /metrics (Prometheus), /healthz and /readyz on PORT "
+                     "(see docs/operations.md)."),
+        click.Option(["--http-host"], default="127.0.0.1", show_default=True, expose_value=False,
+                     callback=_service_option, help="Address --http-port listens on (0.0.0.0: every interface)."),
+        click.Option(["--ready-stall-s"], type=click.FloatRange(min=1), default=service.READY_STALL_S,
+                     show_default=True, expose_value=False, callback=_service_option,
+                     help="/readyz answers 503 when work waits and no batch was written for this long."),
+    ])  # fmt: skip
+
+
+def _serving(jobs: list[LoadedJob]) -> Any:
+    """The --http-port service for the jobs of this command (nothing without --http-port)."""
+    options = click.get_current_context().find_root().obj.get("service", {})
+    return service.serving(jobs, options.get("http_port"), options["http_host"], options["ready_stall_s"])
+
+
+class _Commands(click.Group):
+    """A group whose subcommands (and their groups' subcommands) take `_common_options`, e.g. `kanal sync job.yaml -v`."""
+
+    group_class = type
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            _common_options(cmd)
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="plain", help=LOG_FORMAT_HELP)
 @click.version_option(package_name="kanal")
 @click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
+def main(ctx: click.Context, verbose: bool, log_format: str) -> None:
     """Kanal moves commerce data (customers, products, prices, stock) between
     systems through Kafka: a bulk migration first, then delta sync.
 
@@ -80,8 +151,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
     come from the environment as ${VAR}. Start with `kanal demo`, then
     `kanal validate JOB` and `kanal migrate JOB`.
     """
-    ctx.obj = {"verbose": verbose}
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    ctx.obj = {"verbose": verbose, "log_format": log_format}
+    logs.setup(verbose, log_format)
     signal.signal(signal.SIGTERM, _interrupt)
 
 
@@ -98,7 +169,7 @@ def _graceful() -> Iterator[threading.Event]:
     def ask(signum: int, frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-        err.print("stopping: finishing in-flight changes (signal again to abort)")
+        _say("stopping: finishing in-flight changes (signal again to abort)")
         stop.set()
 
     previous = {s: signal.signal(s, ask) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -230,8 +301,9 @@ def sync(
         schedule = parse_schedule(f"every {every}") if every else parse_cron(cron, zone) if cron else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--every" if every else "--cron") from None
-    with _graceful() as stop:
-        report = run_sync(_load(job), schedule=schedule, once=once, stop=stop, console=err, quiet=quiet,
+    loaded = _load(job)
+    with _graceful() as stop, _serving([loaded]):
+        report = run_sync(loaded, schedule=schedule, once=once, stop=stop, console=err, quiet=quiet,
                           verbose=ctx.obj["verbose"])
     _print_stream(report, job)
 
@@ -248,7 +320,7 @@ def run(ctx: click.Context, job: str, quiet: bool) -> None:
     during the migration arrive through the stream.
     """
     loaded = _load(job)
-    with _graceful() as stop:
+    with _graceful() as stop, _serving([loaded]):
         report = run_sync(loaded, schedule=parse_schedule(loaded.job.schedule), migrate_first=True, stop=stop,
                           console=err, quiet=quiet, verbose=ctx.obj["verbose"])
     _print_stream(report, job)
@@ -280,13 +352,14 @@ def worker(folder: str) -> None:
     """
     def started(outcomes: list[worker_job.JobOutcome]) -> None:
         for o in outcomes:
-            err.print(f"worker: job {o.job} started ({o.schedule})")
+            _say(f"worker: job {o.job} started ({o.schedule})", o.job)
 
-    with _graceful() as stop:
-        outcomes = worker_job.work(Path(folder), stop, started)
+    jobs = worker_job.load_folder(Path(folder))
+    with _graceful() as stop, _serving(jobs):
+        outcomes = worker_job.work(jobs, stop, started)
     failed = [o for o in outcomes if o.error]
     for o in failed:
-        err.print(styled("error:", "red", f"job {o.job}: {o.error}"))
+        _error(f"job {o.job}: {o.error}", o.job)
     if failed:
         sys.exit(1)
 

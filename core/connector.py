@@ -251,6 +251,15 @@ class DeltaReader(ABC):
         """Source-side figures for `kanal status` (e.g. retained WAL)."""
         return {}
 
+    def gauges(self) -> dict[str, float]:
+        """Source-side numbers for monitoring, name -> value; `--http-port` serves each as the gauge `kanal_<name>`.
+
+        Called every few seconds from another thread on a reader of its own
+        (never the one streaming), so it may query the source; names are
+        snake_case with their unit last (`cdc_slot_retained_wal_bytes`).
+        """
+        return {}
+
     def describe(self, position: dict[str, Any]) -> str:
         """A position for people (reports, `kanal status`)."""
         return str(position)

@@ -73,6 +73,9 @@ class CompositeReader(DeltaReader):
         for name, reader in self.parts.items():
             reader.confirm(position[name])
 
+    def gauges(self) -> dict[str, float]:
+        return {name: value for reader in self.parts.values() for name, value in reader.gauges().items()}
+
     def status(self) -> dict[str, str]:
         figures: dict[str, str] = {}
         for name, reader in self.parts.items():

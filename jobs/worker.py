@@ -49,8 +49,8 @@ def load_folder(folder: Path) -> list[LoadedJob]:
     return loaded
 
 
-def work(folder: Path, stop: threading.Event, on_start: Callable[[list[JobOutcome]], None] | None = None) -> list[JobOutcome]:
-    jobs = load_folder(folder)
+def work(jobs: list[LoadedJob], stop: threading.Event, on_start: Callable[[list[JobOutcome]], None] | None = None) -> list[JobOutcome]:
+    """Run `jobs` (`load_folder`) until `stop`, each in its own thread; their outcomes once all ended."""
     outcomes = [JobOutcome(j.name, parse_schedule(j.job.schedule).describe()) for j in jobs]
 
     def run(job: LoadedJob, outcome: JobOutcome) -> None:

@@ -404,6 +404,15 @@ class CdcReader(DeltaReader):
             return {"slot": f"{self.slot} (not created yet)"}
         return {"slot": self.slot, "slot confirmed": row[0], "retained WAL": row[1]}
 
+    def gauges(self) -> dict[str, float]:
+        """The WAL the slot keeps the server from removing, in bytes (none until the slot exists)."""
+        with translated(self.system):
+            retained = self._one(
+                "select pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) from pg_replication_slots where slot_name = %s",
+                (self.slot,),
+            )
+        return {} if retained is None else {"cdc_slot_retained_wal_bytes": float(retained)}
+
     def cleanup(self) -> list[str]:
         done = []
         with translated(self.system):
