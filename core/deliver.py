@@ -34,13 +34,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import polars as pl
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_STORED, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from kanal.core import logs, wire
+from kanal.core import wire
 from kanal.core.changes import keeping_engine_columns
 from kanal.core.connector import OP, VERSION, Capabilities, EntityOptions, Sink, Transform, WriteResult
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_dead_letters
@@ -51,8 +50,7 @@ from kanal.core.kafka import BoundedProducer, KafkaConnection
 from kanal.core.model import Entity
 from kanal.core.progress import Metrics
 from kanal.core.receipts import Receipts
-from kanal.core.telemetry.live import TELEMETRY
-from kanal.core.retry import RetryPolicy, call_with_retry
+from kanal.core.retry import RetryPolicy, WaitObserver, call_with_retry
 from kanal.core.validate import KEY, REASON
 
 log = logging.getLogger("kanal.deliver")
@@ -179,7 +177,7 @@ def write_within(
     target: str,
     retry: RetryPolicy,
     cancel: threading.Event,
-    on_retry: Callable[[Unreachable, int], None] | None = None,
+    on_wait: WaitObserver | None = None,
 ) -> WriteResult:
     """Write one batch as the sink declared it can take it (step 1).
 
@@ -199,7 +197,7 @@ def write_within(
 
         piece = frame.slice(start, size)
         results.append(
-            call_with_retry(lambda p=piece, w=write: write_isolating(w, p, target), retry, on_retry=on_retry, cancel=cancel)
+            call_with_retry(lambda p=piece, w=write: write_isolating(w, p, target), retry, on_wait=on_wait, cancel=cancel)
         )
     return combine(results)
 
@@ -216,7 +214,7 @@ def write_changed(
     target: str,
     retry: RetryPolicy,
     cancel: threading.Event,
-    on_retry: Callable[[Unreachable, int], None] | None = None,
+    on_wait: WaitObserver | None = None,
 ) -> tuple[WriteResult, int]:
     """Write a batch, sending a sink that keeps a `memory` only what changed (step 1, shared by runs, replay and the kit).
 
@@ -230,7 +228,7 @@ def write_changed(
     if not sifted.send.is_empty():
         result = write_within(
             sink, entity, options, sifted.send.drop(HASH, strict=False), batch_id,
-            limits=limits, target=target, retry=retry, cancel=cancel, on_retry=on_retry,
+            limits=limits, target=target, retry=retry, cancel=cancel, on_wait=on_wait,
         )  # fmt: skip
         if memory is not None:
             remember_result(memory, entity, sifted.send, result)
@@ -320,7 +318,6 @@ class SinkDelivery:
     # consumer thread ------------------------------------------------------
 
     def _consume(self) -> None:
-        logs.bind(job=self.job, sink=self.name)
         consumer = self.connection.consumer(f"{self.connection.settings.topic_prefix}.{self.job}.{self.name}")
         pending: dict[tuple[int, str], _Batch] = {}
         ready: list[_Batch] = []  # cut batches in order, waiting for room in their writer's queue
@@ -488,7 +485,6 @@ class SinkDelivery:
     # writer threads --------------------------------------------------------
 
     def _writer(self, sink: Sink, inbox: queue.Queue[_Batch | None]) -> None:
-        logs.bind(job=self.job, sink=self.name)
         while True:
             batch = inbox.get()
             if batch is None or self._failed.is_set():
@@ -502,27 +498,19 @@ class SinkDelivery:
 
     def _write(self, sink: Sink, batch: _Batch) -> None:
         """Steps 1 and 2."""
-        logs.bind(entity=batch.entity)
         flow = self.flows[batch.entity]
         canonical = batch.frame(flow.entity)
         frame = keeping_engine_columns(flow.transform, canonical, "the sink mapping")
-
-        def waiting(exc: Unreachable, n: int) -> None:
-            self.metrics.note(self.name, f"waiting: {exc.message} (retry {n})")
-
         started = time.monotonic()
         result, unchanged = write_changed(
             sink, batch.entity, flow.options, frame, batch.batch_id, memory=self.memory,
             limits=self.limits, target=describe_target(self.name, batch.entity, flow.options),
-            retry=self.retry, cancel=self._failed, on_retry=waiting,
+            retry=self.retry, cancel=self._failed, on_wait=self.metrics.waiting(self.name),
         )  # fmt: skip
         self.metrics.add(batch.entity, "unchanged", unchanged, self.name)
-        self.metrics.note(self.name, None)
         accepted = frame if result.failed is None else frame.join(result.failed.select(KEY), on=KEY, how="anti")
         self.dead_letters.supersede(batch.entity, accepted.select([c for c in (KEY, OP, VERSION) if c in frame.columns]), self.name)
-        seconds = time.monotonic() - started
-        TELEMETRY.wrote(self.job, batch.entity, self.name, seconds)
-        log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, batch.entity, seconds)
+        log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, batch.entity, time.monotonic() - started)
         self.metrics.add(batch.entity, "written", result.written, self.name)
         self.metrics.add(batch.entity, "skipped", result.skipped_older, self.name)
         failed = result.failed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +25,36 @@ from kanal.core.deadline import remaining
 from kanal.core.errors import Unreachable
 
 T = TypeVar("T")
+
+
+def duration(seconds: float) -> str:
+    """A short human duration: 12s, 4m40s, 2h05m."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A retry about to wait for an unreachable system."""
+
+    error: Unreachable
+    retry: int
+    """The number of the retry that follows the wait (1 after the first failure)."""
+    next_try_s: float
+    gives_up_in_s: float
+    """Time left in the policy's budget: the first failure after it ends the retries."""
+
+    def describe(self, who: str) -> str:
+        reason = self.error.message.removeprefix(f"{self.error.system}: ")
+        return f"waiting for {who}: {reason}, retry {self.retry}, gives up in {duration(self.gives_up_in_s)}"
+
+
+WaitObserver = Callable[[Wait | None], None]
+"""Hears each `Wait` of a call, then None once the call stopped waiting (it succeeded or gave up)."""
 
 
 class RetryPolicy(BaseModel):
@@ -54,17 +85,27 @@ def call_with_retry(
     policy: RetryPolicy,
     on_retry: Callable[[Unreachable, int], None] | None = None,
     cancel: threading.Event | None = None,
+    on_wait: WaitObserver | None = None,
 ) -> T:
     """Run `fn`, retrying `Unreachable` within the policy's time budget.
 
     `cancel` (a stop request, SIGTERM) ends the waiting at once: the last
-    error is raised instead of retrying for minutes.
+    error is raised instead of retrying for minutes. `on_retry` counts
+    retries; `on_wait` shows them (see `WaitObserver`).
     """
+    waited = False
 
     def before_sleep(state: RetryCallState) -> None:
+        nonlocal waited
         exc = state.outcome.exception() if state.outcome else None
-        if on_retry and isinstance(exc, Unreachable):
+        if not isinstance(exc, Unreachable):
+            return
+        if on_retry:
             on_retry(exc, state.attempt_number)
+        if on_wait:
+            waited = True
+            left = policy.max_elapsed_s - (state.seconds_since_start or 0.0)
+            on_wait(Wait(exc, state.attempt_number, state.upcoming_sleep, max(0.0, left)))
 
     stop = stop_after_delay(policy.max_elapsed_s) | (lambda _state: remaining() == 0.0)
     if cancel is not None:
@@ -77,4 +118,9 @@ def call_with_retry(
         before_sleep=before_sleep,
         reraise=True,
     )
-    return retrying(fn)
+    try:
+        return retrying(fn)
+    finally:
+        if waited and on_wait:
+            on_wait(None)
+

@@ -30,7 +30,7 @@ from kanal.core.connector import Chunk, Source
 from kanal.core.deliver import first_error
 from kanal.core.errors import JobFailed
 from kanal.core.kafka import BoundedProducer, KafkaConnection, quiet_rdkafka
-from kanal.core.progress import Metrics, ProgressDisplay
+from kanal.core.progress import Metrics, MigrationView, ProgressDisplay
 from kanal.core.publish import Publisher, Rejected, SourceFlow
 from kanal.core.receipts import Receipts
 from kanal.core.retry import call_with_retry
@@ -115,30 +115,33 @@ def run_with(
     reader is opened here when the job has `delta:` entities, to fix their
     position before the snapshot.
     """
-    job = loaded.job
     started = time.monotonic()
-    source = pipeline.connect_source(loaded)
-    sinks: dict[str, list[Any]] = {}
-    context = pipeline.delta_context(loaded)
-    own_reader = source.delta(context) if positions is None and context is not None else None
-    if own_reader is not None:
-        positions = Positions(loaded, state, own_reader)
-    try:
-        sinks = pipeline.connect_sinks(loaded)
-        log.debug("systems reached and targets prepared")
-        return _migrate(loaded, kafka, state, console, quiet, explicit, source, sinks, positions, started)
-    finally:
+    metrics = Metrics([p.name for p in loaded.sinks])
+    view = MigrationView(f"kanal migrate {loaded.name}")
+    metrics.set_phase("connecting")
+    with ProgressDisplay(metrics, view, console=console, quiet=quiet):
+        source = pipeline.connect_source(loaded)
+        sinks: dict[str, list[Any]] = {}
+        context = pipeline.delta_context(loaded)
+        own_reader = source.delta(context) if positions is None and context is not None else None
         if own_reader is not None:
-            own_reader.close()
-        pipeline.close_all(source, sinks)
+            positions = Positions(loaded, state, own_reader)
+        try:
+            sinks = pipeline.connect_sinks(loaded)
+            log.debug("systems reached and targets prepared")
+            return _migrate(loaded, kafka, state, metrics, view, explicit, source, sinks, positions, started)
+        finally:
+            if own_reader is not None:
+                own_reader.close()
+            pipeline.close_all(source, sinks)
 
 
 def _migrate(
     loaded: LoadedJob,
     kafka: KafkaConnection,
     state: StateStore,
-    console: Console | None,
-    quiet: bool,
+    metrics: Metrics,
+    view: MigrationView,
     explicit: bool,
     source: Source,
     sinks: dict[str, list[Any]],
@@ -149,6 +152,7 @@ def _migrate(
     entities = list(loaded.source_entities)
     topics = pipeline.Topics.open(loaded, kafka)
     position, new_position = positions.before_snapshot() if positions is not None else (None, False)
+    metrics.set_phase("planning")
 
     shared = None if job.kafka.embedded else SharedSnapshot(loaded, kafka)
     if shared is None:
@@ -161,12 +165,11 @@ def _migrate(
             wait_consumed(loaded, kafka, topics.names, lambda: None)
             log.info("the migration of %s was completed by another worker", job.name)
             state.update(lambda d: d.__setitem__(MIGRATION, {"status": "done", "entities": {}, "finished": time.time()}))
-            return MigrationReport(job.name, time.monotonic() - started, 0, Metrics([p.name for p in loaded.sinks]))
+            return MigrationReport(job.name, time.monotonic() - started, 0, metrics)
         plans = {} if joining else {e: source.plan(e, p.options) for e, p in loaded.source_entities.items()}
         done, doc = set(), {"entities": {e: {"done": {}} for e in plans}}
         state.update(lambda d: d.__setitem__(MIGRATION, {"status": "running", "started": time.time(), "entities": {}}))
     log.debug("planned %d chunks (%d done before)", sum(len(c) for c in plans.values()), len(done))
-    metrics = Metrics([p.name for p in loaded.sinks])
     for e, chunks in plans.items():
         c = metrics.entity(e)
         c.total = sum(ch.estimated_rows or 0 for ch in chunks)
@@ -207,39 +210,45 @@ def _migrate(
     )
     flows = topics.flows(loaded, pipeline.snapshot_versions(loaded, positions.reader if positions else None, position))
     report = MigrationReport(job.name, 0.0, len(done), metrics)
-    title = f"kanal migrate {job.name}" + (f" (resuming: {len(done)} chunks already delivered)" if done else "")
+    if done:
+        view.title += f" (resuming: {len(done)} chunks already delivered)"
     try:
-        with ProgressDisplay(metrics, title, console=console, quiet=quiet):
-            for d in deliveries:
-                d.start()
-            def check_failed() -> None:
-                if (err := first_error(deliveries)) is not None:
-                    raise err
-                publisher.raise_send_errors()
+        for d in deliveries:
+            d.start()
 
-            if shared is None:
-                if not todo:
-                    all_done.set()
-                pipeline.read_chunks(loaded, flows, todo, publisher, deliveries, source)
-                log.debug("every chunk read and published")
-                pipeline.wait_until(all_done, check_failed)
-            else:
-                if plans:
-                    shared.publish_plan(producer, plans)
-                _read_shared(loaded, shared, flows, publisher, source, acked, lock, metrics, check_failed)
-            wait_consumed(loaded, kafka, topics.names, check_failed)
-            for d in deliveries:
-                d.stop()
-            for d in deliveries:
-                d.join()
+        def check_failed() -> None:
             if (err := first_error(deliveries)) is not None:
                 raise err
-            producer.close()
-            log.debug("every chunk delivered")
-            report.rejected = publisher.rejected
-            if not report.rejected:
-                report.finish_notes.extend(pipeline.finish_sinks(loaded, sinks))
-                state.update(lambda d: d[MIGRATION].update(status="done", finished=time.time()))
+            publisher.raise_send_errors()
+
+        metrics.set_phase("reading")
+        if shared is None:
+            if not todo:
+                all_done.set()
+            pipeline.read_chunks(loaded, flows, todo, publisher, deliveries, source)
+            log.debug("every chunk read and published")
+            metrics.set_phase("delivering")
+            pipeline.wait_until(all_done, check_failed)
+        else:
+            if plans:
+                shared.publish_plan(producer, plans)
+            _read_shared(loaded, shared, flows, publisher, source, acked, lock, metrics, check_failed)
+            metrics.set_phase("delivering")
+        wait_consumed(loaded, kafka, topics.names, check_failed)
+        for d in deliveries:
+            d.stop()
+        for d in deliveries:
+            d.join()
+        if (err := first_error(deliveries)) is not None:
+            raise err
+        producer.close()
+        log.debug("every chunk delivered")
+        report.rejected = publisher.rejected
+        if not report.rejected:
+            metrics.set_phase("building keys")
+            report.finish_notes.extend(pipeline.finish_sinks(loaded, sinks, metrics))
+            state.update(lambda d: d[MIGRATION].update(status="done", finished=time.time()))
+        metrics.set_phase("done" if not report.rejected else "done, with invalid records")
     finally:
         for d in deliveries:
             d.stop()
@@ -280,7 +289,7 @@ def _read_shared(
         event = threading.Event()
         with lock:
             acked[(entity, chunk.id)] = event
-        call_with_retry(lambda: publisher.publish(source, flows[entity], chunk), retry)
+        call_with_retry(lambda: publisher.publish(source, flows[entity], chunk), retry, on_wait=metrics.waiting("source"))
         while not event.wait(0.1):  # the broker acknowledged every record of the chunk
             failed()
         metrics.entity(entity).chunks_done += 1

@@ -326,19 +326,20 @@ def read_chunks(
         work.put(item)
     errors: list[BaseException] = []
     retry = loaded.job.errors.retry
-    token = call_with_retry(first_source.export_snapshot, retry) if todo else None
+    waits = publisher.metrics.waiting("source")
+    token = call_with_retry(first_source.export_snapshot, retry, on_wait=waits) if todo else None
 
     def worker(index: int) -> None:
         source = first_source if index == 0 else make_source(loaded)
         try:
             if index and token is not None:
-                call_with_retry(lambda: source.join_snapshot(token), retry)
+                call_with_retry(lambda: source.join_snapshot(token), retry, on_wait=waits)
             while not errors and first_error(deliveries) is None:
                 try:
                     entity, chunk = work.get_nowait()
                 except queue.Empty:
                     return
-                call_with_retry(lambda: publisher.publish(source, flows[entity], chunk), retry)
+                call_with_retry(lambda: publisher.publish(source, flows[entity], chunk), retry, on_wait=waits)
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
         finally:
@@ -360,13 +361,14 @@ def read_chunks(
 # finish ---------------------------------------------------------------------
 
 
-def finish_sinks(loaded: LoadedJob, sinks: dict[str, list[Sink]]) -> list[str]:
-    """Every record of the migration is written: sinks build what they deferred (keys)."""
+def finish_sinks(loaded: LoadedJob, sinks: dict[str, list[Sink]], metrics: Metrics | None = None) -> list[str]:
+    """Every record of the migration is written: sinks build what they deferred (keys); `metrics` shows the waits."""
     notes = []
     for plan in loaded.sinks:
         sink = sinks[plan.name][0]
+        waits = metrics.waiting(plan.name) if metrics is not None else None
         for e, ep in plan.entities.items():
-            note = call_with_retry(lambda s=sink, e=e, o=ep.options: s.finish(e, o), loaded.job.errors.retry)
+            note = call_with_retry(lambda s=sink, e=e, o=ep.options: s.finish(e, o), loaded.job.errors.retry, on_wait=waits)
             if note:
                 notes.append(f"{plan.name}: {note}")
     return notes

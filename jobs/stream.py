@@ -46,9 +46,9 @@ from rich.console import Console
 from kanal.core.confirm import Confirmations
 from kanal.core.connector import DeltaReader, Sink
 from kanal.core.deliver import first_error
-from kanal.core.errors import JobFailed
+from kanal.core.errors import JobFailed, KanalError
 from kanal.core.kafka import BoundedProducer, KafkaConnection, quiet_rdkafka
-from kanal.core.progress import Metrics, ProgressDisplay
+from kanal.core.progress import Metrics, ProgressDisplay, StreamView
 from kanal.core.receipts import Receipts
 from kanal.core.retry import call_with_retry
 from kanal.core.schedule import Clock, Continuous, Schedule, SystemClock, fire_times
@@ -81,7 +81,21 @@ _RECORD_BYTES = 100
 """Broker memory per change record beyond its batch (measured 76 in large lz4 batches)."""
 _BATCH_BYTES = 2048
 """Broker memory per message batch (measured 1.8 KiB for a record sent alone)."""
+_FIGURES_EVERY_S = 15.0
+"""How often a stream asks its source for the figures the live view shows (a CDC slot's retained WAL)."""
+_CYCLE_SUMMARY_S = 60.0
+"""A continuous stream's polls are reported to `on_cycle` summed over this long."""
 log = logging.getLogger("kanal.stream")
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One fire of a stream's schedule: what it read, how long it took, what it set aside."""
+
+    job: str
+    changes: int
+    seconds: float
+    dead_letters: int
 
 
 @dataclass
@@ -125,6 +139,7 @@ def sync(
     quiet: bool = False,
     verbose: bool = False,
     recycle_after: int = RECYCLE_BYTES,
+    on_cycle: Callable[[Cycle], None] | None = None,
 ) -> StreamReport:
     """Stream JOB's deltas on `schedule` (continuous by default) until `stop` (or caught up, `once`).
 
@@ -132,6 +147,8 @@ def sync(
     either way the position was fixed before the snapshot, and the stream
     starts there. `recycle_after`: the estimated broker bytes after which an
     embedded broker's topics are recycled (`RECYCLE_BYTES`; tests lower it).
+    `on_cycle` hears of every fire of the schedule that read changes or set
+    records aside, and of every fire of a timed schedule (`kanal worker` logs them).
     """
     context = pipeline.require_delta(loaded)
     schedule = schedule or Continuous()
@@ -152,7 +169,7 @@ def sync(
                 position = positions.for_stream()
                 if not stop.is_set():
                     _Stream(loaded, kafka, state, reader, position, report, stop, recycle_after).run(
-                        schedule, clock or SystemClock(), once, console, quiet
+                        schedule, clock or SystemClock(), once, console, quiet, on_cycle
                     )
                 return report
             finally:
@@ -234,6 +251,8 @@ class _Stream:
         self._seq = 0
         self._delivered: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
+        self._figures_at = -_FIGURES_EVERY_S
+        self._polls, self._polls_since = Cycle(loaded.name, 0, 0.0, 0), time.monotonic()
 
     def _on_receipt(self, entity: str, read_id: str, rows: int, dead: int) -> None:
         """A sink-side receipt (consumer threads): a read's entity is written everywhere."""
@@ -243,34 +262,87 @@ class _Stream:
             counts["changes"] += rows
             counts["last"] = time.time()
 
-    def run(self, schedule: Schedule, clock: Clock, once: bool, console: Console | None, quiet: bool) -> None:
+    def run(
+        self, schedule: Schedule, clock: Clock, once: bool, console: Console | None, quiet: bool,
+        on_cycle: Callable[[Cycle], None] | None = None,
+    ) -> None:  # fmt: skip
         job = self.job
         started = time.monotonic()
-        self.topics = pipeline.Topics.open(self.loaded, self.kafka)
-        self.sinks = pipeline.connect_sinks(self.loaded, streaming=True)
         self.metrics = Metrics([p.name for p in self.loaded.sinks])
         self.report.metrics = self.metrics
-        self.transport = self._transport(fresh_topics=False)
-        failed = False
-        title = f"kanal sync {job.name} ({schedule.describe()})"
-        try:
-            with ProgressDisplay(self.metrics, title, console=console, quiet=quiet):
+        timed = not isinstance(schedule, Continuous)
+        view = StreamView(f"kanal sync {job.name} ({self.report.schedule})", self.metrics.sinks)
+        self.metrics.set_phase("connecting")
+        with ProgressDisplay(self.metrics, view, console=console, quiet=quiet):
+            self.topics = pipeline.Topics.open(self.loaded, self.kafka)
+            self.sinks = pipeline.connect_sinks(self.loaded, streaming=True)
+            self.transport = self._transport(fresh_topics=False)
+            failed = False
+            try:
+                self.metrics.set_phase("reading changes" if timed or once else "streaming")
                 for _ in fire_times(schedule, clock, self.stop):
-                    self._catch_up()
+                    self._cycle(on_cycle, timed)
                     if once:
                         break
-                    if isinstance(schedule, Continuous):
+                    if timed:
+                        self.metrics.set_phase(f"caught up; next sync {schedule.describe()}")
+                    else:
                         self._pause()
+                self._tell_polls(on_cycle)
+                self.metrics.set_phase("stopping: delivering what is in flight")
                 self._drain()
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            self.transport.close(failed)
-            pipeline.close_all(None, self.sinks)
-            self.report.seconds = time.monotonic() - started
+                self.metrics.set_phase("stopped")
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                self.transport.close(failed)
+                pipeline.close_all(None, self.sinks)
+                self.report.seconds = time.monotonic() - started
         if (err := first_error(self.transport.deliveries)) is not None:
             raise err
+
+    def _cycle(self, on_cycle: Callable[[Cycle], None] | None, timed: bool) -> None:
+        """One fire of the schedule: catch up, then tell `on_cycle`.
+
+        A continuous stream polls ten times a second: its polls are told as
+        one cycle per `_CYCLE_SUMMARY_S`, and only when they read something.
+        """
+        started, changes, dead = time.monotonic(), self.report.changes, self._dead_letters()
+        if timed:
+            self.metrics.set_phase("reading changes")
+        self._catch_up()
+        self._figures()
+        cycle = Cycle(self.job.name, self.report.changes - changes, time.monotonic() - started, self._dead_letters() - dead)
+        if on_cycle is None:
+            return
+        if timed:
+            on_cycle(cycle)
+            return
+        p = self._polls
+        self._polls = Cycle(p.job, p.changes + cycle.changes, p.seconds + cycle.seconds, p.dead_letters + cycle.dead_letters)
+        if time.monotonic() - self._polls_since >= _CYCLE_SUMMARY_S:
+            self._tell_polls(on_cycle)
+
+    def _tell_polls(self, on_cycle: Callable[[Cycle], None] | None) -> None:
+        """Tell the polls summed since the last time, if they read or set aside anything."""
+        if on_cycle is not None and (self._polls.changes or self._polls.dead_letters):
+            on_cycle(self._polls)
+        self._polls, self._polls_since = Cycle(self.job.name, 0, 0.0, 0), time.monotonic()
+
+    def _dead_letters(self) -> int:
+        return sum(e.dead for e in self.metrics.sample().entities)
+
+    def _figures(self) -> None:
+        """Refresh the source's figures in the live view, at most every `_FIGURES_EVERY_S` (one query)."""
+        now = time.monotonic()
+        if now - self._figures_at < _FIGURES_EVERY_S:
+            return
+        self._figures_at = now
+        try:
+            self.metrics.figures = self.reader.status()
+        except KanalError as exc:
+            self.metrics.figures = {"source": f"unreachable: {exc.message}"}
 
     def _transport(self, fresh_topics: bool) -> _Transport:
         return _Transport(self.loaded, self.kafka, self.topics, self.sinks, self.metrics, self._on_receipt, fresh_topics)
@@ -279,7 +351,9 @@ class _Stream:
         """Read until the source has nothing more, publishing and confirming as deliveries complete."""
         while not self.stop.is_set():
             self._confirm_while(lambda: self.confirmations.pending >= _MAX_READS_IN_FLIGHT)
-            changes = call_with_retry(lambda: self.reader.read(self.position), self.job.errors.retry, cancel=self.stop)
+            changes = call_with_retry(
+                lambda: self.reader.read(self.position), self.job.errors.retry, cancel=self.stop, on_wait=self.metrics.waiting("source")
+            )
             transport, publisher = self.transport, self.transport.publisher
             self._seq += 1
             read_id = f"{transport.attempt[:12]}-{self._seq}"
@@ -336,6 +410,7 @@ class _Stream:
 
     def _pause(self) -> None:
         """Between polls of a continuous stream: keep confirming what completes."""
+        self._figures()
         deadline = time.monotonic() + self._poll_s()
         while not self.stop.is_set() and time.monotonic() < deadline:
             self._check()
@@ -362,7 +437,9 @@ class _Stream:
         position = self.confirmations.confirmable()
         if position is None:
             return
-        call_with_retry(lambda: self.reader.confirm(position), self.job.errors.retry, cancel=self.stop)
+        call_with_retry(
+            lambda: self.reader.confirm(position), self.job.errors.retry, cancel=self.stop, on_wait=self.metrics.waiting("source")
+        )
         with self._lock:
             delivered, self._delivered = self._delivered, {}
         Positions(self.loaded, self.state, self.reader).confirmed(position, delivered)
