@@ -6,6 +6,11 @@ columns only, so the engine columns are set aside and re-attached by row
 position: both are row-preserving, which `_reattach` checks rather than
 assumes.
 
+Invalid rows carry the source row they came from, as it was read (before
+the mapping), in the struct column `SOURCE`: a dead letter keeps it, so the
+record can be found and fixed where it came from even when mapping or
+conversion left nothing of it (every field NULL under a wrong delimiter).
+
 Only upserts are validated. Delete rows carry only what makes the key; they
 skip validation, which would reject their missing fields, and need only a
 non-empty key. An old image (`BEFORE`) is keyed the same way and becomes a
@@ -24,6 +29,8 @@ from kanal.core.model import Entity
 from kanal.core.validate import KEY, conform, split
 
 ENGINE_COLUMNS = (OP, VERSION)
+SOURCE = "_kanal_source"
+"""Struct column of invalid rows: the source row as read, before the mapping."""
 TRUNCATE_KEY = "\x00truncate"
 """`_kanal_key` of a truncate row: no key string of a record can be it (text values hold no NUL)."""
 _ROW = "_kanal_row"
@@ -52,23 +59,36 @@ def conform_changes(frame: pl.DataFrame, entity: Entity, transform: Transform) -
 
     Valid rows keep `OP`/`VERSION` when the input had them, in input order,
     so per-key source order survives. Their ops are `upsert`, `delete` and
-    `truncate` only (see the module docstring for `before`).
+    `truncate` only (see the module docstring for `before`). Invalid rows
+    also hold their source row in `SOURCE`.
     """
     carried = [c for c in ENGINE_COLUMNS if c in frame.columns]
     op = frame.get_column(OP) if OP in frame.columns else None
+    indexed = frame.with_row_index(_ROW)
     if op is None or (op == UPSERT).all():
-        return split(_conformed(frame, entity, transform, carried))
+        valid, invalid = split(_conformed(indexed, entity, transform, [_ROW, *carried]))
+        return valid.drop(_ROW), _with_source(invalid, frame)
     unknown = op.filter(~op.is_in(_OPS)).unique()
     if not unknown.is_empty():
         raise ValueError(f"changes of {entity.name} carry unknown operation(s) {unknown.to_list()}; expected {', '.join(_OPS)}")
-    indexed = frame.with_row_index(_ROW)
     kind = pl.col(OP)
     upserts = indexed.filter(kind == UPSERT)
     checked = _conformed(upserts.drop(_ROW), entity, transform, carried).hstack(upserts.select(_ROW))
     keyed = _key_rows(indexed.filter(kind.is_in((DELETE, BEFORE))), entity, transform)
     truncates = indexed.filter(kind == TRUNCATE).select(_ROW, OP, VERSION, pl.lit(TRUNCATE_KEY).alias(KEY))
     merged = pl.concat([checked, keyed, truncates], how="diagonal_relaxed").sort(_ROW)
-    return split(_old_keys(merged).drop(_ROW))
+    valid, invalid = split(_old_keys(merged))
+    return valid.drop(_ROW), _with_source(invalid, frame)
+
+
+def _with_source(invalid: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
+    """`invalid` (holding `_ROW`, its row in `frame`) with each row's source row as the struct `SOURCE`."""
+    columns = [c for c in frame.columns if c not in ENGINE_COLUMNS]
+    rows = invalid.get_column(_ROW)
+    invalid = invalid.drop(_ROW)
+    if not columns:
+        return invalid
+    return invalid.with_columns(frame.select(pl.struct(columns).alias(SOURCE)).get_column(SOURCE).gather(rows))
 
 
 def _conformed(frame: pl.DataFrame, entity: Entity, transform: Transform, carried: list[str]) -> pl.DataFrame:

@@ -30,6 +30,7 @@ import orjson
 import polars as pl
 from confluent_kafka import KafkaError
 
+from kanal.core.changes import SOURCE
 from kanal.core.connector import OP, TRUNCATE, VERSION
 from kanal.core.errors import BrokerUnavailable
 from kanal.core.kafka import BoundedProducer
@@ -51,9 +52,13 @@ def _safe(tag: str) -> str:
 def letters_frame(rows: pl.DataFrame, entity: str, stage: str, sink: str | None, fields: tuple[str, ...]) -> pl.DataFrame:
     """Shape rejected rows (with `_kanal_key`, `_kanal_reason`) as dead-letter entries.
 
-    The record holds the canonical `fields` and the engine columns the rows have.
+    The record holds the canonical `fields` and the engine columns the rows
+    have (what a replay writes). `raw` is the record as the stage that set it
+    aside read it, before its mapping: the source row (`SOURCE`, at the
+    source), or the canonical record a sink took from Kafka.
     """
     present = [f for f in (*fields, OP, VERSION) if f in rows.columns]
+    raw = pl.col(SOURCE) if SOURCE in rows.columns else pl.struct([f for f in fields if f in rows.columns])
     return rows.select(
         pl.lit(entity).alias("entity"),
         pl.col(KEY).alias("key"),
@@ -61,6 +66,7 @@ def letters_frame(rows: pl.DataFrame, entity: str, stage: str, sink: str | None,
         pl.lit(stage).alias("stage"),
         pl.lit(sink, pl.String).alias("sink"),
         pl.struct(present).alias("record"),
+        raw.alias("raw"),
     )
 
 

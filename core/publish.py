@@ -132,7 +132,8 @@ class Publisher:
             valid_frames.append(valid)
             if not invalid.is_empty():
                 invalid_frames.append(invalid)
-        invalid = pl.concat(invalid_frames) if invalid_frames else None
+        # relaxed: the source rows of JSON Lines blocks (`SOURCE`) may hold different fields
+        invalid = pl.concat(invalid_frames, how="vertical_relaxed") if invalid_frames else None
         dead = self._reject(flow, chunk, invalid, tally)
         valid = pl.concat(valid_frames) if valid_frames else pl.DataFrame(schema={**flow.entity.schema, KEY: pl.String})
         parts = wire.split_for_partitions(wire.with_partition_basis(valid, flow.entity), flow.partitions, self.message_rows)

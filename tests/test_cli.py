@@ -70,3 +70,40 @@ def test_broker_serves_until_stopped_and_fails_when_it_dies(tmp_path) -> None:
         finally:
             proc.kill()
             proc.wait()
+
+
+FILES_JOB = """\
+name: drop
+source:
+  connector: files
+  config: {{path: in, delimiter: "{delimiter}"}}
+  entities: {{products: {{}}}}
+sinks:
+  - name: out
+    connector: files
+    config: {{path: out, format: jsonl}}
+    entities: {{products: {{}}}}
+"""
+
+
+def test_files_with_the_wrong_delimiter_fail_and_dead_letters_keep_the_row_as_read(tmp_path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "products.csv").write_text("sku;name;weight\nA1;Widget;1.5\n;Nameless;2\n")
+    job = tmp_path / "job.yaml"
+
+    def kanal(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*KANAL, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    job.write_text(FILES_JOB.format(delimiter=","))
+    wrong = kanal("migrate", str(job), "--quiet")
+    assert wrong.returncode == 2, wrong.stderr
+    assert "products.csv: none of its columns is a field of products: found 'sku;name;weight'" in wrong.stderr
+    assert "set `delimiter: ';'`" in wrong.stderr
+    assert kanal("dlq", str(job), "show", "--json").stdout == ""
+
+    job.write_text(FILES_JOB.format(delimiter=";"))
+    assert kanal("migrate", str(job), "--quiet").returncode == 0
+    [letter] = [json.loads(line) for line in kanal("dlq", str(job), "show", "--json").stdout.splitlines()]
+    assert letter["reason"] == "sku: required field is empty"
+    assert letter["raw"] == {"sku": None, "name": "Nameless", "weight": "2"}
+    assert letter["record"]["name"] == "Nameless"

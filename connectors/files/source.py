@@ -27,6 +27,10 @@ from kanal.core.errors import ConfigError, ConnectorError
 from kanal.core.model import ENTITIES
 
 
+_DELIMITERS = (";", ",", "\t", "|")
+"""Column separators tried when a CSV header reads as one column."""
+
+
 def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
@@ -89,7 +93,10 @@ class FilesSource(Source):
         if fmt is None:
             raise ConfigError(f"entity {entity!r}: cannot tell the format of {path}; set `format`")
         config = self.config
-        yield from read(path, fmt, delimiter=config.delimiter, encoding=config.encoding, batch_rows=BATCH_ROWS)
+        mapped = _source_options(options).mapping is not None
+        for frame in read(path, fmt, delimiter=config.delimiter, encoding=config.encoding, batch_rows=BATCH_ROWS):
+            _check_columns(entity, path, fmt, frame.columns, config.delimiter, mapped)
+            yield frame
 
     def fields(self, entity: str, options: EntityOptions) -> pl.Schema | None:
         """The columns every file of the entity has (a column missing from one file is missing)."""
@@ -168,6 +175,41 @@ def _files_in(base: Path, folder: Path, fmt: Format | None) -> list[Path]:
             and entry.is_file()
             and (fmt is not None or format_of(Path(entry.name)) is not None)
         ]
+
+
+def _check_columns(entity: str, path: Path, fmt: Format, found: list[str], delimiter: str, mapped: bool) -> None:
+    """Refuse a file whose columns cannot be what the job expects.
+
+    Read without a mapping, at least one column must be a field of the
+    entity; otherwise every row would be set aside as "required field is
+    empty", a job-file problem (a wrong delimiter, a missing mapping), not one
+    of the records. A mapping reports the columns it lacks itself; a CSV
+    header that reads as one column holding another separator is a wrong
+    `delimiter` either way.
+    """
+    guess = _delimiter_guess(fmt, found, delimiter)
+    fix = (f"the file seems to separate columns by {guess!r}, not {delimiter!r}: set `delimiter: {guess!r}` in the "
+           "files connector's config") if guess else None
+    if mapped:
+        if fix:
+            raise ConfigError(f"{path}: the header reads as one column {found[0]!r}; {fix}")
+        return
+    model = ENTITIES[entity]
+    if set(found) & set(model.field_names):
+        return
+    columns = ", ".join(repr(c) for c in found)
+    expected = f"{entity} has {', '.join(model.field_names)} (key: {', '.join(model.key)})"
+    rename = f"rename the columns, or map them with a mapping file (source entities.{entity}.mapping)"
+    if fix is None and fmt == "csv":
+        fix = f"check the files connector's `delimiter` ({delimiter!r}) and that the file starts with a header row, or {rename}"
+    raise ConfigError(f"{path}: none of its columns is a field of {entity}: found {columns}; {expected}; {fix or rename}")
+
+
+def _delimiter_guess(fmt: Format, found: list[str], delimiter: str) -> str | None:
+    """The separator a CSV header read as one column seems to use, if any."""
+    if fmt != "csv" or len(found) != 1:
+        return None
+    return next((c for c in _DELIMITERS if c != delimiter and c in found[0]), None)
 
 
 def _source_options(options: EntityOptions) -> FilesSourceOptions:

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import polars as pl
 
-from kanal.core.connector import OP, UPSERT, VERSION
-from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame
+from kanal.core.changes import conform_changes
+from kanal.core.connector import DELETE, OP, UPSERT, VERSION
+from kanal.core.dlq import STAGE_SINK, STAGE_SOURCE, DeadLetterStore, letters_frame
 from kanal.core.model import PRODUCT
 from kanal.core.validate import KEY, REASON
+from kanal.mappings import parse_mapping
 
 
 def _letters(keys: list[str], versions: list[int]) -> pl.DataFrame:
@@ -47,3 +49,31 @@ def test_a_later_write_of_the_key_makes_older_dead_letters_obsolete(tmp_path: Pa
     truncate = pl.DataFrame({KEY: ["\x00truncate"], OP: ["truncate"], VERSION: [30]})
     assert store.supersede("products", truncate, "shop") == 2
     assert store.letters() == []
+
+
+def test_a_letter_keeps_the_source_row_as_read_before_the_mapping(tmp_path: Path) -> None:
+    """Validation and mapping errors: `raw` is the row the source gave, even when nothing of it reached a field."""
+    mapping = parse_mapping({"entity": "products", "fields": {"sku": "artnr", "weight": {"from": "gewicht", "cast": "decimal"}}},
+                            source="m.yaml")
+    frame = pl.DataFrame({"artnr": ["A1", "", "C3"], "gewicht": ["1.5", "2", "schwer"], "extra": ["x", "y", "z"]})
+    _, invalid = conform_changes(frame, PRODUCT, mapping.apply)
+    letters = letters_frame(invalid, "products", STAGE_SOURCE, None, PRODUCT.field_names)
+    DeadLetterStore(tmp_path).put("products", STAGE_SOURCE, "products.csv", letters)
+    by_key = {letter["key"]: letter for letter in DeadLetterStore(tmp_path).letters()}
+    assert by_key[""]["raw"] == {"artnr": "", "gewicht": "2", "extra": "y"}
+    assert by_key[""]["reason"] == "sku: required field is empty"
+    assert by_key["C3"]["raw"] == {"artnr": "C3", "gewicht": "schwer", "extra": "z"}
+    assert "'schwer'" in by_key["C3"]["reason"]
+
+
+def test_a_change_letter_keeps_its_source_row_without_engine_columns() -> None:
+    frame = pl.DataFrame({"sku": ["A", None, "B"], "name": ["a", "n", None], OP: [UPSERT, UPSERT, DELETE], VERSION: [1, 2, 3]})
+    _, invalid = conform_changes(frame, PRODUCT, lambda f: f)
+    letters = letters_frame(invalid, "products", STAGE_SOURCE, None, PRODUCT.field_names)
+    assert letters["raw"].to_list() == [{"sku": None, "name": "n"}]
+    assert letters["record"].struct.field(VERSION).to_list() == [2]
+
+
+def test_a_sink_letter_keeps_the_record_the_sink_read() -> None:
+    [letter] = _letters(["P1"], [42]).to_dicts()
+    assert letter["raw"] == {"sku": "P1", "name": "x"}

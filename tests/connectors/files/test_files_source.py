@@ -289,3 +289,29 @@ def test_text_the_legacy_encoding_cannot_decode_names_file_and_line(tmp_path):
 
     with pytest.raises(ConnectorError, match=r"stock_levels\.csv: malformed CSV at line 3: not valid cp1252 text"):
         _read_all(_source(tmp_path, encoding="cp1252"), "stock_levels", FilesSourceOptions())
+
+
+def test_csv_read_with_the_wrong_delimiter_fails_naming_file_columns_and_delimiter(tmp_path):
+    """Without the check every row became a dead letter "sku: required field is empty" and the run exited 0."""
+    (tmp_path / "products.csv").write_text("sku;name;weight\nA1;Widget;1.5\n")
+    for options in (FilesSourceOptions(), FilesSourceOptions(mapping="products.yaml")):
+        with pytest.raises(ConfigError) as caught:
+            _read_all(_source(tmp_path), "products", options)
+        message = caught.value.message
+        assert f"{tmp_path / 'products.csv'}: " in message and "'sku;name;weight'" in message
+        assert "set `delimiter: ';'` in the files connector's config" in message
+    assert _read_all(_source(tmp_path, delimiter=";"), "products", FilesSourceOptions())[0].columns == ["sku", "name", "weight"]
+
+
+def test_file_without_any_field_of_the_entity_fails_listing_columns_found_and_expected(tmp_path):
+    (tmp_path / "products.jsonl").write_text('{"artnr": "A1", "bez": "Widget"}\n')
+    with pytest.raises(ConfigError) as caught:
+        _read_all(_source(tmp_path), "products", FilesSourceOptions())
+    message = caught.value.message
+    assert "none of its columns is a field of products: found 'artnr', 'bez'; products has sku, gtin, name" in message
+    assert "(key: sku)" in message and "source entities.products.mapping" in message
+    # A mapping says itself which columns it lacks; the file is read for it as it is.
+    assert _read_all(_source(tmp_path), "products", FilesSourceOptions(mapping="m.yaml"))[0].columns == ["artnr", "bez"]
+    # One field of the entity is enough: the rest is validation's job, record by record.
+    (tmp_path / "products.jsonl").write_text('{"sku": "A1", "bez": "Widget"}\n')
+    assert _read_all(_source(tmp_path), "products", FilesSourceOptions())[0].columns == ["sku", "bez"]
