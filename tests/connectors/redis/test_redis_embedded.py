@@ -8,10 +8,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import polars as pl
 import psutil
+import pytest
 import redis
 
-from kanal.connectors.redis import embedded
+from kanal.connectors.redis import RedisConfig, RedisInventory, RedisSink, embedded
+from kanal.core.errors import Unreachable
+from kanal.core.model import AVAILABILITY
 from tests.waiting import wait_for
 
 
@@ -91,3 +95,29 @@ def test_a_deep_data_folder_gets_its_socket_in_the_temp_folder(tmp_path: Path) -
     finally:
         lease.release()
     assert servers(deep) == []
+
+
+def test_a_user_whose_servers_owner_stopped_it_starts_it_again_with_the_data(tmp_path: Path) -> None:
+    owner = run_python(f"""
+        import sys
+        from kanal.connectors.redis import embedded
+        lease = embedded.lease(__import__("pathlib").Path({str(tmp_path / "r")!r}))
+        print("ready", flush=True)
+        sys.stdin.readline()
+        lease.release()
+    """, stdin=subprocess.PIPE)
+    assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
+    sink = RedisSink(RedisConfig(data_dir=str(tmp_path / "r")))
+    frame = pl.DataFrame([{"sku": "A", "channel": "web", "quantity": "1"}], schema=AVAILABILITY.schema)
+    frame = frame.with_columns(AVAILABILITY.key_expr())
+    assert sink.write("availability", sink.entity_options(), frame, "1").written == 1  # on the other process's server
+    owner.communicate("stop\n", timeout=60)
+    assert servers(tmp_path / "r") == []
+    with pytest.raises(Unreachable):  # the engine retries this write ...
+        sink.write("availability", sink.entity_options(), frame, "2")
+    assert len(servers(tmp_path / "r")) == 1  # ... against a server this process started again
+    assert sink.write("availability", sink.entity_options(), frame, "2").written == 1
+    with RedisInventory(data_dir=str(tmp_path / "r")) as inventory:
+        assert inventory.availability("A", "web") == {"sku": "A", "channel": "web", "quantity": "1"}
+    sink.close()
+    assert servers(tmp_path / "r") == []
