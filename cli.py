@@ -1,7 +1,8 @@
 """The `kanal` command line: parses arguments, calls `kanal.jobs`, presents results.
 
-Exit codes: 0 success; 1 the run failed (system unreachable, records not
-delivered under policy `fail`); 2 the job file or the command line is wrong.
+Exit codes (also in `kanal --help` and the README): 0 success; 1 the run
+failed; 2 the job file, a mapping file or the command line is wrong, a system
+refused a job-file setting, or the job is already running; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -148,8 +149,19 @@ def main(ctx: click.Context, verbose: bool, log_format: str) -> None:
     systems through Kafka: a bulk migration first, then delta sync.
 
     A job file names the source, the sinks and the Kafka connection; secrets
-    come from the environment as ${VAR}. Start with `kanal demo`, then
-    `kanal validate JOB` and `kanal migrate JOB`.
+    come from the environment (or a .env file beside the job file) as ${VAR}.
+    Start with `kanal demo`, then `kanal validate JOB` and `kanal migrate JOB`.
+
+    
+    Exit codes:
+      0    success
+      1    the run failed: a system stayed unreachable, credentials were
+           refused, records were not delivered under errors.policy: fail
+      2    the job file, a mapping file or the command line is wrong, a
+           system refused a setting of the job file (a missing table, a
+           where: it cannot parse), or the job is already running
+      130  interrupted (Ctrl-C, or SIGTERM outside sync and run, which
+           finish in-flight changes and exit 0); the same command resumes
     """
     ctx.obj = {"verbose": verbose, "log_format": log_format}
     logs.setup(verbose, log_format)

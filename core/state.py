@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kanal.core.errors import KanalError
+from kanal.core.errors import ConfigError, KanalError
 
 
-class StateLocked(KanalError):
-    """Another process is running the same job."""
+class StateLocked(ConfigError):
+    """Another process is running the same job: the command cannot run now (exit 2), nothing failed."""
 
 
 class StateStore:
@@ -48,7 +48,10 @@ class StateStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StateLocked(f"job state {self.folder} is in use by another kanal process") from None
+            raise StateLocked(
+                f"job {self.folder.name!r}: its state {self.folder} is in use by another kanal process; wait for it "
+                "to finish or stop it (a job runs once at a time; state_dir: or KANAL_STATE_DIR moves the state)"
+            ) from None
         self._lockfile = fd
         return self
 

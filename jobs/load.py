@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,21 @@ class LoadedJob:
         """`job.yaml:9: source.entities.products`, for messages about a setting found wrong while running."""
         return Problems(self.path.name, self.lines).locate(loc)
 
-    def entity_place(self, entity: str, sink: str | None = None) -> str:
-        """The place of an entity's options: on the source, or on the sink named `sink`."""
-        if sink is None:
-            return self.place("source", "entities", entity)
-        index = next(i for i, s in enumerate(self.sinks) if s.name == sink)
-        return self.place("sinks", index, "entities", entity)
+    @contextmanager
+    def at(self, entity: str, sink: str | None = None) -> Iterator[None]:
+        """A setting found wrong while running is reported at its place in the job file.
+
+        A connector raises ConfigError when the system refuses an entity's
+        settings (a missing table, a `where:` PostgreSQL cannot parse); inside
+        this block the message gets the entity's place on the source, or on
+        the sink named `sink`: `job.yaml:9: source.entities.products: ...`.
+        """
+        try:
+            yield
+        except ConfigError as exc:
+            index = next((i for i, s in enumerate(self.sinks) if s.name == sink), None)
+            loc = ("source", "entities", entity) if index is None else ("sinks", index, "entities", entity)
+            raise ConfigError(f"{self.place(*loc)}: {exc.message}") from None
 
 
 def load_job(path: str | Path) -> LoadedJob:

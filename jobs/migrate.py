@@ -73,7 +73,7 @@ def _plan(
         plans = {e: [Chunk(c["id"], c["spec"], c.get("rows")) for c in v["chunks"]] for e, v in stored["entities"].items()}
         done = {(e, cid) for e, v in stored["entities"].items() for cid in v.get("done", {})}
         return plans, done, stored
-    plans = {e: source.plan(e, p.options) for e, p in loaded.source_entities.items()}
+    plans = {e: pipeline.plan_chunks(loaded, source, e) for e in loaded.source_entities}
     doc = {
         "status": "running",
         "run": uuid.uuid4().hex,
@@ -166,7 +166,7 @@ def _migrate(
             log.info("the migration of %s was completed by another worker", job.name)
             state.update(lambda d: d.__setitem__(MIGRATION, {"status": "done", "entities": {}, "finished": time.time()}))
             return MigrationReport(job.name, time.monotonic() - started, 0, metrics)
-        plans = {} if joining else {e: source.plan(e, p.options) for e, p in loaded.source_entities.items()}
+        plans = {} if joining else {e: pipeline.plan_chunks(loaded, source, e) for e in loaded.source_entities}
         done, doc = set(), {"entities": {e: {"done": {}} for e in plans}}
         state.update(lambda d: d.__setitem__(MIGRATION, {"status": "running", "started": time.time(), "entities": {}}))
     log.debug("planned %d chunks (%d done before)", sum(len(c) for c in plans.values()), len(done))

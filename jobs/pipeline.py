@@ -45,7 +45,7 @@ from kanal.core.publish import Publisher, SourceFlow
 from kanal.core.receipts import BROKER, Receipts
 from kanal.core.retry import RetryPolicy, call_with_retry
 from kanal.core.state import StateStore
-from kanal.jobs.load import EntityPlan, LoadedJob
+from kanal.jobs.load import LoadedJob, SinkPlan
 from kanal.jobs.model import ErrorPolicy
 from kanal.jobs.runtime import dead_letter_store, make_sink, make_source, source_transform
 
@@ -100,19 +100,26 @@ def connect_sinks(loaded: LoadedJob, streaming: bool = False) -> dict[str, list[
         instances = [make_sink(loaded, plan) for _ in range(loaded.job.batch.sink_writers)]
         for sink in instances:
             reach(loaded, sink)
-        _prepare(instances, plan.entities, retry)
+        _prepare(loaded, instances, plan, retry)
         if streaming:
             for entity, ep in plan.entities.items():
                 call_with_retry(lambda e=entity, o=ep.options: instances[0].finish(e, o), retry)
-            _prepare(instances, plan.entities, retry)
+            _prepare(loaded, instances, plan, retry)
         sinks[plan.name] = instances
     return sinks
 
 
-def _prepare(instances: list[Sink], entities: dict[str, EntityPlan], retry: RetryPolicy) -> None:
+def _prepare(loaded: LoadedJob, instances: list[Sink], plan: SinkPlan, retry: RetryPolicy) -> None:
     for sink in instances:
-        for entity, ep in entities.items():
-            call_with_retry(lambda s=sink, e=entity, o=ep.options: s.prepare(e, o), retry)
+        for entity, ep in plan.entities.items():
+            with loaded.at(entity, sink=plan.name):
+                call_with_retry(lambda s=sink, e=entity, o=ep.options: s.prepare(e, o), retry)
+
+
+def plan_chunks(loaded: LoadedJob, source: Source, entity: str) -> list[Chunk]:
+    """The snapshot chunks of `entity`; settings the source refuses are reported at the entity's place."""
+    with loaded.at(entity):
+        return source.plan(entity, loaded.source_entities[entity].options)
 
 
 def close_all(source: Source | None, sinks: dict[str, list[Sink]]) -> None:

@@ -85,13 +85,12 @@ class PostgresSource(Source):
         opts = self._opts(options)
         self._columns(opts)  # fails clearly when the table is missing
         table = qualified(opts.schema_name, opts.table)
-        where = f" where {opts.where}" if opts.where else ""
         with translated(self.system):
             conn = self._connection()
             pages = conn.execute(
                 "select pg_relation_size(%s::regclass) / current_setting('block_size')::int", (table,)
             ).fetchone()
-            rows = conn.execute(f"select count(*) from {table}{where}").fetchone()
+            rows = self._count(conn, table, opts)
         total_pages, total_rows = int(pages[0] if pages else 0), int(rows[0] if rows else 0)
         if total_pages == 0 or total_rows <= opts.chunk_rows:
             return [Chunk(f"{entity}-0", {"from": 0, "to": None}, total_rows)]
@@ -104,6 +103,21 @@ class PostgresSource(Source):
             planned += rows
             chunks.append(Chunk(f"{entity}-{start}", {"from": start, "to": end}, rows))
         return chunks
+
+    def _count(self, conn: psycopg.Connection, table: str, opts: PostgresSourceOptions) -> tuple[int] | None:
+        """The rows a snapshot will read; a `where:` that PostgreSQL refuses is a job-file error naming it."""
+        if not opts.where:
+            return conn.execute(f"select count(*) from {table}").fetchone()
+        try:
+            return conn.execute(f"select count(*) from {table} where {opts.where}").fetchone()
+        except psycopg.Error as exc:
+            if not (exc.sqlstate or "").startswith(("42", "22")):  # syntax or access rule, data exception
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"{self.system}: where: {opts.where!r} is not a filter PostgreSQL accepts on "
+                f"{opts.schema_name}.{opts.table}: {reason}"
+            ) from None
 
     def snapshot(self, entity: str, options: EntityOptions, chunk: Chunk) -> Iterator[pl.DataFrame]:
         opts = self._opts(options)
