@@ -134,6 +134,20 @@ class SourceContract:
         first = [f for f in source.snapshot(harness.entity, options, chunks[0])]
         assert _sorted_keys(harness, again) == _sorted_keys(harness, first)
 
+    def test_check_hooks_list_the_columns_and_sample_reads_at_most_n(self, harness: Harness, source: Source) -> None:
+        """`kanal check`: `fields` lists every column a snapshot yields (or None); `sample` reads seeded records."""
+        seeded = harness.records(range(5))
+        harness.seed(seeded)
+        options = harness.source_options()
+        sample = source.sample(harness.entity, options, 3)
+        assert isinstance(sample, pl.DataFrame) and 0 < sample.height <= 3, "sample(..., 3) must return 1 to 3 rows here"
+        keys = set(keyed(harness, harness.to_canonical(sample)).get_column(KEY).to_list())
+        assert keys <= set(seeded.get_column(KEY).to_list()), f"sample() returned records nobody seeded: {keys}"
+        fields = source.fields(harness.entity, options)
+        if fields is not None:
+            unlisted = [c for c in sample.columns if c not in fields]
+            assert not unlisted, f"fields() does not list columns the snapshot yields: {unlisted}"
+
     def test_deltas_after_a_position_arrive_once_and_are_newer_than_the_snapshot(self, harness: Harness, tmp_path: Path) -> None:
         options = harness.delta_options()
         if options is None or harness.spec.capabilities.delta == (DeltaKind.NONE,):
@@ -190,6 +204,12 @@ class SinkContract:
             assert_auth_error_at_once(sink.check)
         finally:
             sink.close()
+
+    def test_a_prepared_target_accepts_the_canonical_columns(self, harness: Harness, sinks: _Sinks) -> None:
+        """`kanal check` must not report problems with a target the sink prepared itself."""
+        schema = pl.Schema({**canonical(harness.entity).schema, KEY: pl.String(), VERSION: pl.Int64()})
+        problems = sinks.prepared().accepts(harness.entity, sinks.options, schema)
+        assert problems == [], f"accepts() finds problems with the target prepare() made: {problems}"
 
     def test_writes_every_record(self, harness: Harness, sinks: _Sinks) -> None:
         frame = harness.records(range(12))

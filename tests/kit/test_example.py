@@ -80,7 +80,7 @@ def test_the_example_installs_and_passes_the_kit_and_the_kit_fails_broken_varian
     installed = install(EXAMPLE, tmp_path)
     proc, results = installed.pytest("tests/test_conformance.py")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert list(results.values()).count("passed") == len(results) == 12, results
+    assert list(results.values()).count("passed") == len(results) == 14, results
 
     (installed.folder / "tests" / "test_broken.py").write_text(BROKEN)
     proc, results = installed.pytest("tests/test_broken.py")
