@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from kanal.core.embedded import die_with_parent
 from kanal.core.errors import ConfigError, Unreachable
@@ -75,16 +77,23 @@ def socket_path(data_dir: Path) -> Path:
 
 
 def answers(sock: Path) -> bool:
-    """Whether a server answers on `sock` (a stale socket file of a dead server does not)."""
+    """Whether a server answers on `sock` (a stale socket file of a dead server does not).
+
+    A server still loading its data, or asking for a password, answers too:
+    starting a second one on the same folder would corrupt it.
+    """
     if not sock.exists():
         return False
-    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2, socket_connect_timeout=2)
+    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
     try:
-        return bool(client.ping())
+        client.ping()
+    except (redis.BusyLoadingError, redis.AuthenticationError, redis.ResponseError):
+        return True
     except redis.RedisError:
         return False
     finally:
         client.close()
+    return True
 
 
 class _Server:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import polars as pl
+from redis.commands.core import Script
 
 from kanal.connectors.redis import scripts
 from kanal.connectors.redis.config import Connection, RedisConfig
@@ -45,6 +46,7 @@ class RedisSink(Sink):
         super().__init__(config)
         self.connection = Connection(config)
         self.system = self.connection.system
+        self._script: Script | None = None
 
     def check(self) -> None:
         with self.connection.translated():
@@ -67,15 +69,20 @@ class RedisSink(Sink):
             prefix = self.config.prefix
             keys = rows.select(layout.key(prefix)).to_series().to_list()
             records = rows.select(_payload(rows)).to_series().to_list()
-            script = self.connection.client.register_script(scripts.text("apply"))
             with self.connection.translated():
-                applied, skipped = script(
+                applied, skipped = self._apply()(
                     keys=[layout.tombstones(prefix), layout.stream(prefix), *keys],
                     args=[self.config.stream_maxlen, entity, *records],
                 )
         if applied + skipped != rows.height:
             raise ConnectorError(self.system, f"{entity}: the script applied {applied} and skipped {skipped} of {rows.height}")
         return WriteResult(written=int(applied), skipped_older=int(skipped), failed=failed if failed.height else None)
+
+    def _apply(self) -> Script:
+        """The batch script (EVALSHA, loaded again by redis-py when the server lost it)."""
+        if self._script is None:
+            self._script = self.connection.client.register_script(scripts.text("apply"))
+        return self._script
 
     def close(self) -> None:
         self.connection.close()

@@ -1,12 +1,14 @@
-"""A job: PostgreSQL stock levels into the embedded Redis, by migration then cursor deltas, through the CLI."""
+"""A job: PostgreSQL stock levels into the embedded Redis, migrated then streamed by cursor, through the CLI."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from kanal.connectors.redis import RedisInventory
 from tests.conftest import Cli, Databases
 from tests.connectors.redis.test_redis_embedded import servers
+from tests.waiting import wait_for
 
 JOB = """
 name: stock-to-redis
@@ -44,11 +46,17 @@ def test_postgres_stock_levels_migrate_then_sync_into_the_embedded_redis(cli: Cl
     assert servers(data_dir) == []  # the command stopped the server it started
     first = held(cli.folder)
     assert len(first) == 500 and first[("S7", "WH1")] == "7"
-    dbs.erp_sql("update erp_stock set available = 0, updated_at = now() + interval '1 second' where sku = 'S7'")
-    cli.run("sync", "job.yaml", "--once", "--quiet", check=True)
-    assert servers(data_dir) == []
-    now = held(cli.folder)
-    assert now[("S7", "WH1")] == "0" and now[("S8", "WH1")] == "8"
+    sync = cli.start("sync", "job.yaml", "--quiet")  # streams, and serves Redis while it runs
+    try:
+        wait_for(lambda: servers(data_dir), timeout=60, what="kanal sync to start its server")
+        with RedisInventory(data_dir=str(data_dir)) as live:  # a reader joining the running server
+            dbs.erp_sql("update erp_stock set available = 0, updated_at = now() + interval '1 second' where sku = 'S7'")
+            wait_for(lambda: (live.stock("S7", "WH1") or {}).get("available") == "0", timeout=60, what="the change")
+            assert live.stock("S8", "WH1")["available"] == "8"  # type: ignore[index]
+    finally:
+        sync.send_signal(signal.SIGTERM)
+        assert sync.wait(timeout=60) == 0, sync.communicate()
+    assert servers(data_dir) == []  # stopped with the command that started it
     with RedisInventory(data_dir=str(data_dir)) as inventory:
         stock = inventory.stock("S7", "WH1")
         assert stock is not None and stock["on_hand"] == "7" and int(stock["_kanal_version"]) > 0
