@@ -97,7 +97,9 @@ def job_file_page() -> str:
         _GENERATED,
         "",
         "A job file is YAML. Any value may be `${VAR}` or `${VAR:-default}`: it is taken from the environment when "
-        "the job is loaded (keep secrets there). Unknown keys are errors, reported with their line. "
+        "the job is loaded, else from a `.env` file beside the job file (keep secrets there); `$${` is a literal `${`. "
+        "Values of secret settings (passwords, tokens, keys, DSN passwords) never appear in messages; other values "
+        "do. Unknown keys are errors, reported with their line and the closest known key. "
         "`kanal validate JOB` checks a file without contacting any system; `kanal schema` prints the JSON Schema "
         "of this page for editors (see the end of the page). Each connector's own `config:` keys and entity "
         "options are listed in [connector-options.md](connector-options.md).",
