@@ -518,11 +518,12 @@ def broker(port: int) -> None:
     from kanal.core.embedded import EmbeddedBroker
     from kanal.core.errors import BrokerUnavailable
 
-    stops = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # taken by sigtimedwait below, not by handlers
+    stop = threading.Event()
+    for stopping in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stopping, lambda signum, frame: stop.set())
     with EmbeddedBroker(port=port) as b:
         out.print(f"embedded broker listening on {b.bootstrap} (in memory; Ctrl-C stops it)")
-        while signal.sigtimedwait(stops, 0.5) is None:
+        while not stop.wait(0.5):
             if not b.alive():
                 raise BrokerUnavailable("embedded broker", f"stopped unexpectedly; it no longer serves {b.bootstrap}")
 

@@ -70,12 +70,15 @@ def port_taken(port: int) -> bool:
     return False
 
 
-def owns_listener(pid: int, port: int) -> bool:
-    """Whether process `pid` holds a socket listening on TCP `port` (Linux: /proc)."""
+def owns_listener(pid: int, port: int) -> bool | None:
+    """Whether process `pid` holds a socket listening on TCP `port`; None where /proc cannot tell (not Linux)."""
     listening = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    tables = [Path(t) for t in ("/proc/net/tcp", "/proc/net/tcp6") if Path(t).exists()]
+    if not tables:
+        return None
+    for table in tables:
         try:
-            rows = Path(table).read_text().splitlines()[1:]
+            rows = table.read_text().splitlines()[1:]
         except OSError:
             continue
         for row in rows:
@@ -171,7 +174,8 @@ class EmbeddedBroker:
                 if port_taken(self.port):
                     raise PortInUse(self.port)
                 raise BrokerUnavailable("embedded broker", f"exited with code {code} at start on {self.bootstrap}")
-            if owns_listener(self._proc.pid, self.port) and answers_kafka(self.port):
+            # where /proc cannot tell, the check before the start and the child still running must do
+            if owns_listener(self._proc.pid, self.port) is not False and answers_kafka(self.port) and self.alive():
                 return self
             time.sleep(0.02)
         self.stop()

@@ -33,8 +33,8 @@ def test_a_chosen_port_taken_before_the_start_is_chosen_again() -> None:
         stolen = broker.port
         with broker:
             assert broker.port != stolen
-            assert broker.pid is not None and owns_listener(broker.pid, broker.port)
-            assert not owns_listener(broker.pid, stolen) and owns_listener(os.getpid(), stolen)
+            assert broker.pid is not None and owns_listener(broker.pid, broker.port) is True
+            assert owns_listener(broker.pid, stolen) is False and owns_listener(os.getpid(), stolen) is True
             assert answers_kafka(broker.port) and not answers_kafka(stolen, timeout=0.3)
 
 
