@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 import polars as pl
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_STORED, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from kanal.core import wire
+from kanal.core import logs, wire
 from kanal.core.changes import keeping_engine_columns
 from kanal.core.connector import OP, VERSION, Capabilities, EntityOptions, Sink, Transform, WriteResult
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_dead_letters
@@ -51,6 +51,7 @@ from kanal.core.model import Entity
 from kanal.core.progress import Metrics
 from kanal.core.receipts import Receipts
 from kanal.core.retry import RetryPolicy, WaitObserver, call_with_retry
+from kanal.core.telemetry.live import TELEMETRY
 from kanal.core.validate import KEY, REASON
 
 log = logging.getLogger("kanal.deliver")
@@ -318,6 +319,7 @@ class SinkDelivery:
     # consumer thread ------------------------------------------------------
 
     def _consume(self) -> None:
+        logs.bind(job=self.job, sink=self.name)
         consumer = self.connection.consumer(f"{self.connection.settings.topic_prefix}.{self.job}.{self.name}")
         pending: dict[tuple[int, str], _Batch] = {}
         ready: list[_Batch] = []  # cut batches in order, waiting for room in their writer's queue
@@ -485,6 +487,7 @@ class SinkDelivery:
     # writer threads --------------------------------------------------------
 
     def _writer(self, sink: Sink, inbox: queue.Queue[_Batch | None]) -> None:
+        logs.bind(job=self.job, sink=self.name)
         while True:
             batch = inbox.get()
             if batch is None or self._failed.is_set():
@@ -498,6 +501,7 @@ class SinkDelivery:
 
     def _write(self, sink: Sink, batch: _Batch) -> None:
         """Steps 1 and 2."""
+        logs.bind(entity=batch.entity)
         flow = self.flows[batch.entity]
         canonical = batch.frame(flow.entity)
         frame = keeping_engine_columns(flow.transform, canonical, "the sink mapping")
@@ -510,7 +514,9 @@ class SinkDelivery:
         self.metrics.add(batch.entity, "unchanged", unchanged, self.name)
         accepted = frame if result.failed is None else frame.join(result.failed.select(KEY), on=KEY, how="anti")
         self.dead_letters.supersede(batch.entity, accepted.select([c for c in (KEY, OP, VERSION) if c in frame.columns]), self.name)
-        log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, batch.entity, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        TELEMETRY.wrote(self.job, batch.entity, self.name, seconds)
+        log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, batch.entity, seconds)
         self.metrics.add(batch.entity, "written", result.written, self.name)
         self.metrics.add(batch.entity, "skipped", result.skipped_older, self.name)
         failed = result.failed

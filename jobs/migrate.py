@@ -26,6 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
+from kanal.core import logs
 from kanal.core.connector import Chunk, Source
 from kanal.core.deliver import first_error
 from kanal.core.errors import JobFailed
@@ -35,6 +36,7 @@ from kanal.core.publish import Publisher, Rejected, SourceFlow
 from kanal.core.receipts import Receipts
 from kanal.core.retry import call_with_retry
 from kanal.core.state import StateStore
+from kanal.core.telemetry.live import TELEMETRY, chunks_pending
 from kanal.jobs import pipeline
 from kanal.jobs.load import LoadedJob
 from kanal.jobs.pipeline import MIGRATION, Positions
@@ -87,6 +89,7 @@ def _plan(
     return plans, set(), doc
 
 
+@logs.for_job
 def migrate(loaded: LoadedJob, *, console: Console | None = None, quiet: bool = False, verbose: bool = False) -> MigrationReport:
     job = loaded.job
     state = StateStore(loaded.state_dir).acquire()
@@ -119,7 +122,10 @@ def run_with(
     metrics = Metrics([p.name for p in loaded.sinks])
     view = MigrationView(f"kanal migrate {loaded.name}")
     metrics.set_phase("connecting")
-    with ProgressDisplay(metrics, view, console=console, quiet=quiet):
+    with (
+        ProgressDisplay(metrics, view, console=console, quiet=quiet),
+        TELEMETRY.track(loaded.name, "migrate", metrics, lambda: chunks_pending(metrics), kafka),
+    ):
         source = pipeline.connect_source(loaded)
         sinks: dict[str, list[Any]] = {}
         context = pipeline.delta_context(loaded)

@@ -43,6 +43,7 @@ from typing import Any
 import polars as pl
 from rich.console import Console
 
+from kanal.core import logs
 from kanal.core.confirm import Confirmations
 from kanal.core.connector import DeltaReader, Sink
 from kanal.core.deliver import first_error
@@ -53,6 +54,7 @@ from kanal.core.receipts import Receipts
 from kanal.core.retry import call_with_retry
 from kanal.core.schedule import Clock, Continuous, Schedule, SystemClock, fire_times
 from kanal.core.state import StateStore
+from kanal.core.telemetry.live import TELEMETRY
 from kanal.jobs import migrate as migration
 from kanal.jobs import pipeline
 from kanal.jobs.load import LoadedJob
@@ -127,6 +129,7 @@ def open_state(loaded: LoadedJob) -> StateStore:
     return state.acquire() if loaded.job.kafka.embedded else state
 
 
+@logs.for_job
 def sync(
     loaded: LoadedJob,
     *,
@@ -273,7 +276,10 @@ class _Stream:
         timed = not isinstance(schedule, Continuous)
         view = StreamView(f"kanal sync {job.name} ({self.report.schedule})", self.metrics.sinks)
         self.metrics.set_phase("connecting")
-        with ProgressDisplay(self.metrics, view, console=console, quiet=quiet):
+        with (
+            ProgressDisplay(self.metrics, view, console=console, quiet=quiet),
+            TELEMETRY.track(job.name, "stream", self.metrics, lambda: self.confirmations.pending, self.kafka),
+        ):
             self.topics = pipeline.Topics.open(self.loaded, self.kafka)
             self.sinks = pipeline.connect_sinks(self.loaded, streaming=True)
             self.transport = self._transport(fresh_topics=False)
