@@ -22,4 +22,4 @@ CONNECTOR = ConnectorSpec(
     sink=RedisSink,
 )
 
-__all__ = ["CONNECTOR", "RedisConfig", "RedisInventory", "RedisSink", "Reservation"]
+__all__ = ["CONNECTOR", "MAX_BATCH_ROWS", "RedisConfig", "RedisInventory", "RedisSink", "Reservation"]

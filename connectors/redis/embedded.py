@@ -76,11 +76,12 @@ def socket_path(data_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"kanal-redis-{digest}.sock"
 
 
-def answers(sock: Path) -> bool:
+def answers(sock: Path, ready: bool = False) -> bool:
     """Whether a server answers on `sock` (a stale socket file of a dead server does not).
 
-    A server still loading its data, or asking for a password, answers too:
-    starting a second one on the same folder would corrupt it.
+    A server still loading its data, or asking for a password, answers too
+    (starting a second one on the same folder would corrupt it), unless
+    `ready` asks for a server that serves commands already.
     """
     if not sock.exists():
         return False
@@ -88,7 +89,7 @@ def answers(sock: Path) -> bool:
     try:
         client.ping()
     except (redis.BusyLoadingError, redis.AuthenticationError, redis.ResponseError):
-        return True
+        return not ready
     except redis.RedisError:
         return False
     finally:
@@ -146,7 +147,7 @@ class _Server:
             if self.proc.poll() is not None:
                 self.stop()
                 raise Unreachable(SYSTEM, f"exited with code {self.proc.returncode} at start: {self.log_tail()}")
-            if answers(self.sock):
+            if answers(self.sock, ready=True):
                 return self
             time.sleep(0.02)
         self.stop()

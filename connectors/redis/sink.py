@@ -34,8 +34,9 @@ from kanal.core.errors import ConfigError, ConnectorError
 from kanal.core.validate import KEY
 
 ENTITIES = tuple(LAYOUTS)
-MAX_BATCH_ROWS = 5_000
-"""Records per script call: Redis serves nobody else while a script runs (about 10 ms for this many)."""
+MAX_BATCH_ROWS = 1_000
+"""Records per script call: Redis serves nobody else while a script runs (this many take about 40 ms
+on two shared cores), so readers of the model wait at most that long."""
 _NUMBER = r"^\d+(\.\d+)?$"
 
 

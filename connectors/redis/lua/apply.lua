@@ -69,26 +69,27 @@ for i = 3, #ARGV do
   local r = cjson.decode(ARGV[i])
   local v, p = nn(r.v), nn(r.p)
   local stored = redis.call("HMGET", key, "version", "_kanal_version")
-  local held = redis.call("EXISTS", key) == 1
-  local c
+  local sv, sp = nn(stored[1]), nn(stored[2])
+  local held = (sv or sp or redis.call("EXISTS", key) == 1) and true or false
+  local tv, tp, c
   if held then
-    c = order(v, p, nn(stored[1]), nn(stored[2]))
+    c = order(v, p, sv, sp)
   else
-    local tv, tp = tombstone(key)
+    tv, tp = tombstone(key)
     c = order(v, p, tv, tp)
   end
   if c == -1 then
     skipped = skipped + 1
   elseif r.o == "upsert" then
-    local hash = {}
+    -- the record replaces the hash: its fields are set, its empty fields removed (`version` is one of them)
+    local set, unset = {}, {}
     for name, value in pairs(r.f) do
-      if nn(value) then table.insert(hash, name); table.insert(hash, value) end
+      if nn(value) then set[#set + 1] = name; set[#set + 1] = value else unset[#unset + 1] = name end
     end
-    if v then table.insert(hash, "version"); table.insert(hash, v) end
-    if p then table.insert(hash, "_kanal_version"); table.insert(hash, p) end
-    redis.call("DEL", key)
-    if #hash > 0 then redis.call("HSET", key, unpack(hash)) end
-    redis.call("HDEL", KEYS[1], key)
+    if p then set[#set + 1] = "_kanal_version"; set[#set + 1] = p else unset[#unset + 1] = "_kanal_version" end
+    if #set > 0 then redis.call("HSET", key, unpack(set)) end
+    if held and #unset > 0 then redis.call("HDEL", key, unpack(unset)) end
+    if tv or tp then redis.call("HDEL", KEYS[1], key) end
     if c ~= 0 then publish(key, "upsert", v, p, r.f) end  -- equal: a re-delivery, nothing new to tell
     applied = applied + 1
   else

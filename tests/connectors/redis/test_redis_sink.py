@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from pydantic import SecretStr
 
-from kanal.connectors.redis import RedisConfig, RedisInventory, RedisSink
+from kanal.connectors.redis import MAX_BATCH_ROWS, RedisConfig, RedisInventory, RedisSink
 from kanal.core.connector import DELETE, OP, UPSERT, VERSION
 from kanal.core.errors import AuthError
 from kanal.core.model import entity
@@ -100,13 +100,13 @@ def test_each_applied_change_is_on_the_stream_which_stays_bounded(
 
 
 def test_a_batch_is_one_script_call(sink: RedisSink, redis_server: Server, inventory: RedisInventory) -> None:
-    rows = [{"sku": f"S{i}", "channel": "web", "quantity": str(i), "version": "1"} for i in range(3000)]
+    rows = [{"sku": f"S{i}", "channel": "web", "quantity": str(i), "version": "1"} for i in range(MAX_BATCH_ROWS)]
     with redis_server.client() as client:
         client.config_resetstat()
-        assert write(sink, *rows) == (3000, 0)
+        assert write(sink, *rows) == (MAX_BATCH_ROWS, 0)
         calls = {k: v["calls"] for k, v in client.info("commandstats").items() if k in ("cmdstat_evalsha", "cmdstat_eval")}
     assert sum(calls.values()) == 1, calls
-    assert inventory.read("availability").height == 3000
+    assert inventory.read("availability").height == MAX_BATCH_ROWS
 
 
 def test_refused_records_are_named_and_the_others_written(sink: RedisSink, inventory: RedisInventory) -> None:
