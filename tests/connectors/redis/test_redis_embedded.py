@@ -121,3 +121,16 @@ def test_a_user_whose_servers_owner_stopped_it_starts_it_again_with_the_data(tmp
         assert inventory.availability("A", "web") == {"sku": "A", "channel": "web", "quantity": "1"}
     sink.close()
     assert servers(tmp_path / "r") == []
+
+
+def test_a_started_server_serves_at_once_even_with_much_data_to_load(tmp_path: Path) -> None:
+    lease = embedded.lease(tmp_path / "r")
+    with redis.Redis(unix_socket_path=str(lease.sock)) as client:
+        client.eval("for i = 1, 300000 do redis.call('SET', 'k' .. i, i) end", 0)
+    lease.release()
+    lease = embedded.lease(tmp_path / "r")  # loads 300,000 commands from the append-only file
+    try:
+        with redis.Redis(unix_socket_path=str(lease.sock), retry=None) as client:
+            assert client.get("k300000") == b"300000"  # not "loading the dataset in memory"
+    finally:
+        lease.release()
