@@ -93,10 +93,13 @@ class FilesSource(Source):
         if fmt is None:
             raise ConfigError(f"entity {entity!r}: cannot tell the format of {path}; set `format`")
         config = self.config
-        mapped = _source_options(options).mapping is not None
-        for frame in read(path, fmt, delimiter=config.delimiter, encoding=config.encoding, batch_rows=BATCH_ROWS):
-            _check_columns(entity, path, fmt, frame.columns, config.delimiter, mapped)
-            yield frame
+        frames = read(path, fmt, delimiter=config.delimiter, encoding=config.encoding, batch_rows=BATCH_ROWS)
+        first = next(frames, None)  # its columns are the file's: CSV header, Parquet schema, first JSON Lines block
+        if first is None:
+            return
+        _check_columns(entity, path, fmt, first.columns, config.delimiter, _source_options(options).mapping is not None)
+        yield first
+        yield from frames
 
     def fields(self, entity: str, options: EntityOptions) -> pl.Schema | None:
         """The columns every file of the entity has (a column missing from one file is missing)."""
