@@ -96,7 +96,10 @@ def _refusal(layout: Layout, frame: pl.DataFrame) -> pl.Expr:
         pl.format("the redis sink does not apply {} records (only upserts and deletes)", op)
     )
     reason = reason.when(pl.col(layout.scope).str.contains(":", literal=True)).then(
-        pl.format(f"{layout.scope} {{}} contains ':', which separates the parts of Redis keys", pl.col(layout.scope))
+        pl.format(
+            f"{layout.scope} {{}} contains ':', which separates the parts of Redis keys (map it to a name without ':')",
+            pl.col(layout.scope),
+        )
     )
     if "version" in frame.columns:
         version = pl.col("version").cast(pl.String)
