@@ -18,7 +18,8 @@ matter here:
   one to let go stops the server (SIGTERM: it flushes the file and exits),
   and so does interpreter exit. The server is started from a keeper thread
   that lives exactly as long as the server, with `die_with_parent`, so even
-  `kill -9` of Kanal takes the server along.
+  `kill -9` of Kanal takes the server along (on Linux; elsewhere only a
+  clean exit stops it).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import fcntl
 import hashlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -119,7 +121,7 @@ class _Server:
         try:
             self.proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                cwd=self.data_dir, preexec_fn=die_with_parent,
+                cwd=self.data_dir, preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )  # fmt: skip
         except (OSError, ConfigError) as exc:
             self._error = exc
