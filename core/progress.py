@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kanal.core import logs
+from kanal.core.console import console as literal_console
 from kanal.core.retry import Wait, WaitObserver, duration
 
 RATE_WINDOW_S = 20.0
@@ -368,7 +369,7 @@ class ProgressDisplay:
         plain: TextIO | None = None,
     ) -> None:
         self.metrics, self.view, self.quiet, self.interval_s = metrics, view, quiet, interval_s
-        self.console = console or Console(stderr=True)
+        self.console = console or literal_console(stderr=True)
         self._plain = plain
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
