@@ -113,7 +113,7 @@ class PlainFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         job = getattr(record, "job", None)
         where = ", ".join(f"{n} {getattr(record, n)}" for n in ("sink", "entity") if getattr(record, n, None))
-        if job:
+        if job and not record.message.startswith(f"job {job}"):  # some messages name their job already
             record.message = f"job {job}{f' ({where})' if where else ''}: {record.message}"
         return redact(super().formatMessage(record))
 

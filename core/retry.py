@@ -23,6 +23,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from kanal.core.deadline import remaining
 from kanal.core.errors import Unreachable
+from kanal.core.telemetry.live import TELEMETRY
 
 T = TypeVar("T")
 
@@ -100,6 +101,7 @@ def call_with_retry(
         exc = state.outcome.exception() if state.outcome else None
         if not isinstance(exc, Unreachable):
             return
+        TELEMETRY.retried(exc.system)
         if on_retry:
             on_retry(exc, state.attempt_number)
         if on_wait:

@@ -34,6 +34,7 @@ from typing import Any
 
 import polars as pl
 
+from kanal.core import logs
 from kanal.core.connector import Chunk, DeltaContext, DeltaReader, Sink, Source
 from kanal.core.deadline import deadline
 from kanal.core.deliver import SinkDelivery, first_error
@@ -356,7 +357,7 @@ def read_chunks(
     workers = min(loaded.job.batch.source_workers, max(1, len(todo)))
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="kanal-source") as pool:
-            for f in [pool.submit(worker, i) for i in range(workers)]:
+            for f in [pool.submit(logs.in_context(worker), i) for i in range(workers)]:  # their logs name the job
                 f.result()
     finally:
         if token is not None:

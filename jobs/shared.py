@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 from confluent_kafka import Message
 
+from kanal.core import logs
 from kanal.core.connector import Chunk
 from kanal.core.errors import Unreachable
 from kanal.core.kafka import BoundedProducer, KafkaConnection
@@ -96,7 +97,7 @@ class SharedSnapshot:
                 consumer.close()
 
         with ThreadPoolExecutor(workers, thread_name_prefix="kanal-snapshot") as pool:
-            futures = [pool.submit(member, i) for i in range(workers)]
+            futures = [pool.submit(logs.in_context(member), i) for i in range(workers)]  # their logs name the job
             try:
                 for f in futures:
                     f.result()

@@ -20,9 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kanal.core import logs
 from kanal.core.embedded import free_port
-from kanal.core.errors import register_secret
+from kanal.core.errors import Unreachable, register_secret
 from kanal.core.progress import Metrics
-from kanal.core.telemetry.live import Telemetry
+from kanal.core.retry import RetryPolicy, call_with_retry
+from kanal.core.telemetry.live import TELEMETRY, Telemetry
 from kanal.jobs.load import load_job
 from kanal.jobs.service import Monitor, registry_for
 from tests.conftest import Cli, Databases
@@ -118,12 +119,14 @@ def test_a_port_in_use_is_a_usage_error_and_options_follow_the_subcommand(cli: C
 
 
 def test_json_log_lines_name_the_job_entity_and_sink_of_their_thread_and_hide_secrets() -> None:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(logs._Context())
-    handler.setFormatter(logs.JsonFormatter())
+    stream, plain = io.StringIO(), io.StringIO()
+    handlers = [logging.StreamHandler(stream), logging.StreamHandler(plain)]
+    handlers[0].setFormatter(logs.JsonFormatter())
+    handlers[1].setFormatter(logs.PlainFormatter())
     logger = logging.getLogger("kanal.test.service")
-    logger.addHandler(handler)
+    for handler in handlers:
+        handler.addFilter(logs._Context())
+        logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     register_secret("hunter2-token")
     try:
@@ -134,12 +137,27 @@ def test_json_log_lines_name_the_job_entity_and_sink_of_their_thread_and_hide_se
             worker.join()
         logger.info("outside")
     finally:
-        logger.removeHandler(handler)
+        for handler in handlers:
+            logger.removeHandler(handler)
+    assert plain.getvalue().splitlines()[0].endswith("INFO kanal.test.service: job erp-to-shop (entity prices): wrote with ***")
     first, second, third = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["job"] == "erp-to-shop" and first["entity"] == "prices" and "sink" not in first
     assert first["message"] == "wrote with ***" and first["level"] == "info" and first["time"].endswith("Z")
     assert second["job"] == "erp-to-shop" and second["message"] == "from a thread"
     assert "job" not in third
+
+
+def test_retries_are_counted_per_job_and_system() -> None:
+    failures = [Unreachable("shop-db", "connection refused")] * 2
+
+    def flaky() -> str:
+        if failures:
+            raise failures.pop()
+        return "written"
+
+    with logs.context(job="retrying"):
+        assert call_with_retry(flaky, RetryPolicy(initial_s=0.01, max_wait_s=0.02)) == "written"
+    assert TELEMETRY.retries()[("retrying", "shop-db")] == 2
 
 
 def _files_job(tmp_path: Path) -> Path:
