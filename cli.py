@@ -334,13 +334,13 @@ def run(ctx: click.Context, job: str, quiet: bool) -> None:
     loaded = _load(job)
     with _graceful() as stop, _serving([loaded]):
         report = run_sync(loaded, schedule=parse_schedule(loaded.job.schedule), migrate_first=True, stop=stop,
-                          console=err, quiet=quiet, verbose=ctx.obj["verbose"])
+                          console=err, quiet=quiet, verbose=ctx.obj["verbose"],
+                          on_migrated=lambda migrated: _print_report(migrated, job))
     _print_stream(report, job)
 
 
 def _print_stream(report: StreamReport, job: str) -> None:
-    if report.migrated is not None:
-        _print_report(report.migrated, job)
+    """The stream's summary (`kanal run` printed its migration's report when the migration ended)."""
     out.print(f"sync {report.job} ({report.schedule}): {report.changes:,} changes in {report.reads:,} reads, "
               f"{report.seconds:.1f}s; position {report.position}")
     m = report.metrics

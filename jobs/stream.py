@@ -143,6 +143,7 @@ def sync(
     verbose: bool = False,
     recycle_after: int = RECYCLE_BYTES,
     on_cycle: Callable[[Cycle], None] | None = None,
+    on_migrated: Callable[[migration.MigrationReport], None] | None = None,
 ) -> StreamReport:
     """Stream JOB's deltas on `schedule` (continuous by default) until `stop` (or caught up, `once`).
 
@@ -152,6 +153,8 @@ def sync(
     embedded broker's topics are recycled (`RECYCLE_BYTES`; tests lower it).
     `on_cycle` hears of every fire of the schedule that read changes or set
     records aside, and of every fire of a timed schedule (`kanal worker` logs them).
+    `on_migrated` gets the migration's report as soon as it ends, before the
+    stream starts (`kanal run` prints it then, not when the stream stops).
     """
     context = pipeline.require_delta(loaded)
     schedule = schedule or Continuous()
@@ -166,6 +169,8 @@ def sync(
                 positions = Positions(loaded, state, reader)
                 if migrate_first and (state.get(MIGRATION) or {}).get("status") != "done":
                     report.migrated = migration.run_with(loaded, kafka, state, console, quiet, explicit=False, positions=positions)
+                    if on_migrated is not None:
+                        on_migrated(report.migrated)
                 elif not migrate_first:
                     migrating = not loaded.job.kafka.embedded and SharedSnapshot(loaded, kafka).pending() > 0
                     pipeline.refuse_unfinished(loaded, state, migrating)

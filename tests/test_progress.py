@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -14,6 +15,7 @@ from kanal.core.errors import Unreachable
 from kanal.core.progress import Metrics, MigrationView, ProgressDisplay, RateWindow, eta
 from kanal.core.retry import RetryPolicy, Wait, call_with_retry, duration
 from tests import erp
+from tests.streaming import erp as streaming
 from tests.conftest import KANAL
 from tests.pg import query
 from tests.waiting import wait_for
@@ -129,3 +131,32 @@ def test_a_sink_that_goes_away_is_shown_as_waited_for_until_it_is_back(cli, dbs)
     waits = [line for line in lines if "waiting for shop: " in line]
     assert re.search(r"waiting for shop: .+, retry \d+, gives up in [45]m\d\ds", waits[0]), waits[0]
     assert "waiting" not in lines[-1] and LINE.match(lines[-1])["phase"] == "done"  # type: ignore[index]
+
+
+def test_run_prints_the_migration_report_when_the_migration_ends_then_streams_with_its_own_view(cli, dbs) -> None:
+    streaming.seed(dbs.erp, products=300)
+    job = cli.write_job(streaming.job(delta=streaming.CURSOR))
+    proc = subprocess.Popen([*KANAL, "run", str(job)], cwd=cli.folder, env=cli.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out: list[str] = []
+    err: list[str] = []
+    readers = [threading.Thread(target=lambda s=s, into=into: into.extend(s), daemon=True)
+               for s, into in ((proc.stdout, out), (proc.stderr, err))]
+    for r in readers:
+        r.start()
+    try:
+        wait_for(lambda: any(line.startswith("migration erp-stream: done") for line in out), 60, "the migration report")
+        assert proc.poll() is None  # printed while `run` goes on streaming
+        dbs.erp_sql("update erp_stock set on_hand = 4242, updated_at = clock_timestamp() where sku = 'P7'")
+        wait_for(lambda: dbs.shop_sql("select count(*) from shop_stock where sku = 'P7' and on_hand = 4242") == [(2,)], 60, "the change")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    for r in readers:
+        r.join(5)
+    assert proc.returncode == 0, "".join(err)
+    # the stream's view: its own lines, the change counted per entity (the last line at the latest)
+    assert any(re.search(r" kanal sync erp-stream \(continuous\): [a-z :]+ \d+s \| .*stock_levels read [1-9]", line) for line in err), err
+    assert sum(line.startswith("migration erp-stream: done") for line in out) == 1
+    assert out[-1].startswith("  ") and any(line.startswith("sync erp-stream (continuous)") for line in out)
+    assert ANSI not in "".join(out + err)
