@@ -4,6 +4,10 @@ Each job runs as `kanal run` would (migrate once, then deltas on the job's
 `schedule:`), in its own thread with its own connections; a stop (SIGTERM)
 reaches all of them, and each finishes its in-flight work. One job failing
 does not stop the others; it is reported when the worker ends.
+
+Each job's cycles are logged (`kanal.worker`, level INFO), one line each:
+job, changes, duration, dead letters; a continuous job's polls are summed per
+minute, so a log shows every job alive and what it moved.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 from kanal.core.errors import ConfigError, KanalError
 from kanal.jobs.load import LoadedJob, load_job
 from kanal.jobs.model import parse_schedule
-from kanal.jobs.stream import sync
+from kanal.jobs.stream import Cycle, sync
 
 log = logging.getLogger("kanal.worker")
 
@@ -49,13 +53,21 @@ def load_folder(folder: Path) -> list[LoadedJob]:
     return loaded
 
 
+def log_cycle(cycle: Cycle) -> None:
+    """One line per cycle; the log format names the job (`extra`), as on every line of a job's thread."""
+    dead = f", {cycle.dead_letters:,} dead letters" if cycle.dead_letters else ""
+    log.info("%s changes in %.1fs%s", f"{cycle.changes:,}", cycle.seconds, dead, extra={"job": cycle.job})
+
+
 def work(jobs: list[LoadedJob], stop: threading.Event, on_start: Callable[[list[JobOutcome]], None] | None = None) -> list[JobOutcome]:
     """Run `jobs` (`load_folder`) until `stop`, each in its own thread; their outcomes once all ended."""
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)  # the cycle lines are the worker's heartbeat: shown without --verbose
     outcomes = [JobOutcome(j.name, parse_schedule(j.job.schedule).describe()) for j in jobs]
 
     def run(job: LoadedJob, outcome: JobOutcome) -> None:
         try:
-            sync(job, schedule=parse_schedule(job.job.schedule), migrate_first=True, stop=stop, quiet=True)
+            sync(job, schedule=parse_schedule(job.job.schedule), migrate_first=True, stop=stop, quiet=True, on_cycle=log_cycle)
         except KanalError as exc:
             outcome.error = exc.message
             log.error("job %s failed: %s", job.name, exc.message)

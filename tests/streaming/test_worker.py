@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 
 from tests.conftest import Cli, Databases
@@ -29,6 +30,9 @@ def test_worker_runs_every_job_of_a_folder(cli: Cli, dbs: Databases) -> None:
     assert proc.returncode == 0, err
     assert "job stream-cdc started (continuous)" in err
     assert "job stream-cursor started (every 1s)" in err
+    # one line per cycle of the timed job; the continuous job's polls summed (here: when it stopped)
+    assert re.search(r"job stream-cursor: [1-9][\d,]* changes in \d+\.\ds", err), err
+    assert re.search(r"job stream-cdc: [1-9][\d,]* changes in \d+\.\ds", err), err
     cli.run("cleanup", "jobs/cdc.yaml", check=True)
 
 
