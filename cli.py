@@ -13,13 +13,13 @@ import logging
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -29,6 +29,7 @@ from kanal.core.errors import ConfigError, KanalError
 from kanal.core.schedule import parse_cron, parse_timezone
 from kanal.jobs import check as check_job
 from kanal.jobs import dlq as dlq_job
+from kanal.jobs import reports
 from kanal.jobs import scaffold
 from kanal.jobs import service
 from kanal.jobs import status as status_job
@@ -43,6 +44,9 @@ out = console()
 err = console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 JOB = click.argument("job", type=click.Path(dir_okay=False))
+AS_JSON = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document on stdout (progress stays on stderr)."
+)
 
 
 def handled(fn: F) -> F:
@@ -54,16 +58,31 @@ def handled(fn: F) -> F:
             return fn(*args, **kwargs)
         except ConfigError as exc:
             _error(exc.message)
-            sys.exit(2)
+            _fail(kwargs, exc, 2)
         except KanalError as exc:
             logging.getLogger("kanal").debug("where it failed", exc_info=True)
             _error(exc.message)
-            sys.exit(1)
-        except KeyboardInterrupt:
+            _fail(kwargs, exc, 1)
+        except KeyboardInterrupt as exc:
             _say("interrupted; run the same command again to resume")
-            sys.exit(130)
+            _fail(kwargs, exc, 130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(kwargs: dict[str, Any], exc: BaseException, code: int) -> None:
+    """Exit with `code`; a `--json` command first prints its failure document on stdout."""
+    if kwargs.get("as_json"):
+        ctx, names = click.get_current_context(), []
+        while ctx.parent is not None:
+            names.append(ctx.info_name or "")
+            ctx = ctx.parent
+        _json(reports.failed(" ".join(reversed(names)), kwargs.get("job"), exc, code))
+    sys.exit(code)
+
+
+def _json(document: dict[str, Any]) -> None:
+    click.echo(json.dumps(document, ensure_ascii=False, default=str))
 
 
 def _load(path: str) -> LoadedJob:
@@ -194,10 +213,13 @@ def _graceful() -> Iterator[threading.Event]:
 
 @main.command()
 @JOB
+@AS_JSON
 @handled
-def validate(job: str) -> None:
+def validate(job: str, as_json: bool) -> None:
     """Check a job file (and its mapping files) without contacting any system."""
     loaded = _load(job)
+    if as_json:
+        return _json(reports.validate_document(loaded))
     out.print(Text.assemble(f"{job}: valid job ", (loaded.name, "bold"), f" — source {loaded.job.source.connector} "
                             f"({', '.join(loaded.source_entities)}), sinks {', '.join(s.name for s in loaded.sinks)}"))
 
@@ -242,15 +264,18 @@ def _print_check(report: check_job.CheckReport) -> None:
 @main.command()
 @JOB
 @click.option("--quiet", is_flag=True, help="No progress display, only the final report.")
+@AS_JSON
 @click.pass_context
 @handled
-def migrate(ctx: click.Context, job: str, quiet: bool) -> None:
+def migrate(ctx: click.Context, job: str, quiet: bool, as_json: bool) -> None:
     """Snapshot every entity of JOB into every sink, through Kafka.
 
     Safe to interrupt (even kill -9): the same command resumes and the
     targets end complete, without duplicates.
     """
     report = run_migration(_load(job), console=err, quiet=quiet, verbose=ctx.obj["verbose"])
+    if as_json:
+        return _json(reports.migrate_document(report))
     _print_report(report, job)
 
 
@@ -291,10 +316,12 @@ def _print_report(report: MigrationReport, job: str) -> None:
 @click.option("--cron", metavar="EXPR", help='Sync at the times of a 5-field cron expression, e.g. "*/5 * * * *" (UTC).')
 @click.option("--timezone", metavar="ZONE", help="Read --cron on the wall clock of ZONE, e.g. Europe/Berlin (default UTC).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
+@AS_JSON
 @click.pass_context
 @handled
 def sync(
-    ctx: click.Context, job: str, once: bool, every: str | None, cron: str | None, timezone: str | None, quiet: bool
+    ctx: click.Context, job: str, once: bool, every: str | None, cron: str | None, timezone: str | None, quiet: bool,
+    as_json: bool,
 ) -> None:
     """Stream the deltas of JOB into every sink (continuously unless --once/--every/--cron).
 
@@ -317,15 +344,18 @@ def sync(
     with _graceful() as stop, _serving([loaded]):
         report = run_sync(loaded, schedule=schedule, once=once, stop=stop, console=err, quiet=quiet,
                           verbose=ctx.obj["verbose"])
+    if as_json:
+        return _json(reports.stream_document("sync", report))
     _print_stream(report, job)
 
 
 @main.command()
 @JOB
 @click.option("--quiet", is_flag=True, help="No progress display.")
+@AS_JSON
 @click.pass_context
 @handled
-def run(ctx: click.Context, job: str, quiet: bool) -> None:
+def run(ctx: click.Context, job: str, quiet: bool, as_json: bool) -> None:
     """Migrate JOB, then keep streaming its deltas, without a gap between the two.
 
     The delta position is taken before the snapshot starts, so writes made
@@ -335,7 +365,9 @@ def run(ctx: click.Context, job: str, quiet: bool) -> None:
     with _graceful() as stop, _serving([loaded]):
         report = run_sync(loaded, schedule=parse_schedule(loaded.job.schedule), migrate_first=True, stop=stop,
                           console=err, quiet=quiet, verbose=ctx.obj["verbose"],
-                          on_migrated=lambda migrated: _print_report(migrated, job))
+                          on_migrated=None if as_json else lambda migrated: _print_report(migrated, job))
+    if as_json:
+        return _json(reports.stream_document("run", report))
     _print_stream(report, job)
 
 
@@ -393,29 +425,32 @@ def status(job: str, as_json: bool) -> None:
     """Checkpoints, stream position, slot WAL, consumer lag and dead letters per entity."""
     st = status_job.status(_load(job))
     if as_json:
-        for e in st.entities:
-            click.echo(json.dumps({"job": st.job, "migration": st.migration, **e.__dict__, "stream": st.stream}))
+        for document in st.documents():
+            _json(document)
         return
     table = Table(title=f"{st.job}: migration {st.migration}", title_justify="left")
     for col in ("entity", "chunks done", "rows delivered", "changes delivered", "last write", "consumer lag", "dead letters"):
         table.add_column(col, justify="left" if col == "entity" else "right")
     for e in st.entities:
-        last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_write)) if e.last_write else "-"
         lag = ", ".join(f"{s} {n:,}" for s, n in e.lag.items()) or "-"
         table.add_row(e.entity, f"{e.chunks_done}/{e.chunks}", f"{e.rows_delivered:,}", f"{e.changes_delivered:,}",
-                      last, lag, f"{e.dead_letters:,}")
-    out.print(table)
+                      e.last_write or "-", lag, f"{e.dead_letters:,}")
+    view = _full_width()
+    view.print(table)
     for name, value in st.stream.items():
-        if name == "confirmed_at" and value:
-            value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-        out.print(f"{name.replace('_', ' ')}: {value}")
+        view.print(f"{name.replace('_', ' ')}: {value}")
+
+
+def _full_width() -> Console:
+    """stdout for tables: on a terminal, its width; piped or redirected, every value in full (no wrapping or "…")."""
+    return out if out.is_terminal else Console(soft_wrap=True, markup=False, highlight=False, width=100_000)
 
 
 @main.group()
 @JOB
 @click.pass_context
 def dlq(ctx: click.Context, job: str) -> None:
-    """Inspect or replay the dead-letter queue of JOB: `kanal dlq JOB show|replay`."""
+    """Inspect, replay, export or purge the dead-letter queue of JOB: `kanal dlq JOB show|replay|export|purge`."""
     ctx.obj["job"] = job
 
 
@@ -438,7 +473,7 @@ def dlq_show(ctx: click.Context, entity: str | None, as_json: bool, limit: int) 
     for entry in entries[:limit]:
         stage = entry["stage"] + (f" ({entry['sink']})" if entry.get("sink") else "")
         table.add_row(entry["entity"], str(entry["key"]), stage, entry["reason"])
-    out.print(table)
+    _full_width().print(table)
 
 
 @dlq.command("replay")
@@ -451,6 +486,55 @@ def dlq_replay(ctx: click.Context, entity: str | None) -> None:
     out.print(f"replayed {result.replayed}, still failing {result.still_failing}")
     if result.still_failing:
         sys.exit(1)
+
+
+@dlq.command("export")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--entity", help="Only this entity.")
+@click.pass_context
+@handled
+def dlq_export(ctx: click.Context, file: str, entity: str | None) -> None:
+    """Write the dead letters to FILE: JSON Lines (.jsonl, .ndjson) or CSV (.csv), by its extension."""
+    count = dlq_job.export(_load(ctx.obj["job"]), Path(file), entity)
+    out.print(f"exported {count:,} dead letter(s) to {file}")
+
+
+@dlq.command("purge")
+@click.option("--entity", help="Only this entity.")
+@click.option("--yes", is_flag=True, help="Do not ask: drop them (required when not on a terminal).")
+@click.pass_context
+@handled
+def dlq_purge(ctx: click.Context, entity: str | None, yes: bool) -> None:
+    """Drop the dead letters of JOB (or of one entity) from its local store. The DLQ topic is not touched."""
+    loaded = _load(ctx.obj["job"])
+    what = f"the dead letters of {entity}" if entity else "every dead letter"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"this drops {what} of job {loaded.name}; add --yes to confirm")
+        click.confirm(f"Drop {what} of job {loaded.name}? `kanal dlq ... export FILE` saves them first", abort=True)
+    count = dlq_job.purge(loaded, entity)
+    out.print(f"purged {count:,} dead letter(s)" + (f" of {entity}" if entity else ""))
+
+
+@main.command()
+@JOB
+@click.option("--entity", required=True, help="The source entity to reset.")
+@click.option("--snapshot", is_flag=True, help="Read the entity again on the next migrate/run (default without --cursor).")
+@click.option("--cursor", metavar="TIME",
+              help="Move the entity's cursor (delta: {cursor: ...}) to TIME, ISO 8601 (2026-01-01T00:00:00Z).")
+@handled
+def reset(job: str, entity: str, snapshot: bool, cursor: str | None) -> None:
+    """Read one entity of JOB again, and/or move its delta cursor; the job must not be running.
+
+    A snapshot again: the next `kanal migrate` or `kanal run` reads that
+    entity completely (changes after the stored stream position still arrive
+    through the stream). --cursor: the next stream reads the entity's rows
+    changed since TIME.
+    """
+    from kanal.jobs.reset import reset as reset_job
+
+    for line in reset_job(_load(job), entity, snapshot=snapshot or cursor is None, cursor=cursor):
+        out.print(line)
 
 
 @main.command()
@@ -479,6 +563,19 @@ def connectors(as_json: bool) -> None:
         table.add_row(spec.name, "yes" if spec.source else "-", "yes" if spec.sink else "-",
                       ",".join(d.value for d in caps.delta), "yes" if caps.supports_deletes else "-", spec.description)
     out.print(table)
+
+
+@main.command()
+@handled
+def schema() -> None:
+    """Print the JSON Schema of job files (with every installed connector's options), for editors and CI.
+
+    Save it (`kanal schema > kanal-job.schema.json`) and start a job file
+    with `# yaml-language-server: $schema=kanal-job.schema.json`.
+    """
+    from kanal.jobs.schema import job_schema
+
+    click.echo(json.dumps(job_schema(), indent=2, ensure_ascii=False))
 
 
 @main.group()
@@ -532,9 +629,15 @@ def broker(port: int) -> None:
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Data volume factor (1.0 = 1.2M prices).")
 @click.option("--folder", type=click.Path(file_okay=False), default="demo-output", show_default=True,
               help="Where the demo keeps its databases, job file and Parquet output.")
+@click.option("--keep", is_flag=True, help="Keep the databases running afterwards and print commands to try on them.")
+@click.option("--stop", is_flag=True, help="Stop the databases an earlier `kanal demo --keep` left running in --folder.")
 @handled
-def demo(scale: float, folder: str) -> None:
-    """Create an ERP and a shop database, seed the ERP, migrate everything."""
+def demo(scale: float, folder: str, keep: bool, stop: bool) -> None:
+    """Create an ERP and a shop database, seed the ERP, migrate everything, then stream ERP changes."""
     from kanal.jobs import demo as demo_job
 
-    demo_job.run(folder, scale, console=err, out=out, present=_print_report)
+    if stop:
+        for line in demo_job.stop(folder):
+            out.print(line)
+        return
+    demo_job.run(folder, scale, console=err, out=out, present=_print_report, keep=keep)

@@ -209,4 +209,5 @@ def _parse_iso(values: pl.Series) -> pl.Series:
 
 
 def _iso(micros: int) -> str:
-    return (_EPOCH + timedelta(microseconds=micros)).isoformat(timespec="milliseconds")
+    """UTC with a Z suffix, as every time Kanal shows (`kanal status`)."""
+    return (_EPOCH + timedelta(microseconds=micros)).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -9,12 +9,20 @@ run` would, through the embedded broker into the shop database and into
 Parquet files: the migration with its live progress and report, then a burst
 of ERP changes (stock and price updates, new articles, deletes) streamed by
 CDC, until the shop equals the ERP again.
+
+The demo ends by printing commands to try next. With `--keep` both servers
+stay up (and the job's replication slot stays, so `kanal sync` goes on from
+where the demo stopped) and the commands come with the exports they need;
+`kanal demo --stop` stops the servers. Without it the servers stop with the
+demo, and only what outlives them (the Parquet files) is offered.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -94,6 +102,52 @@ def seed_sql(scale: float) -> str:
     return (EXAMPLES / "demo_erp.sql").read_text().format(products=products, customers=customers, locations=locations)
 
 
+def stop(folder: str) -> list[str]:
+    """Stop the servers a `kanal demo --keep` left running in `folder`."""
+    root = Path(folder).resolve()
+    lines = []
+    for name in ("erp-pg", "shop-pg"):
+        if not (root / name / "PG_VERSION").exists():
+            lines.append(f"{root / name}: no demo database here")
+            continue
+        _server(root / name).cleanup()
+        lines.append(f"stopped the demo database in {root / name}")
+    return lines
+
+
+def _kanal() -> str:
+    """How this process was started, so that printed commands run the same Kanal."""
+    started = Path(sys.argv[0])
+    if started.name == "kanal" and started.exists():
+        found = shutil.which("kanal")
+        return "kanal" if found and Path(found).resolve() == started.resolve() else shlex.quote(str(started.resolve()))
+    return f"{shlex.quote(sys.executable)} -m kanal"
+
+
+def _hints(root: Path, job: Path, env: dict[str, str], keep: bool) -> list[str]:
+    """Commands that work when copied, as things stand after the demo."""
+    kanal, quoted = _kanal(), shlex.quote(str(job))
+    if not keep:
+        return [
+            f"Parquet files: {root / 'parquet'} (changes under <entity>/changes/)",
+            "the demo's databases stopped with it; `kanal demo --keep` keeps them running and prints commands to try",
+        ]
+    import pgserver  # type: ignore[import-untyped]
+
+    psql = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return [
+        f"the demo's databases keep running (stop them: {kanal} demo --stop --folder {shlex.quote(str(root))}); "
+        "in a shell:",
+        f"  export {exports}",
+        f"  {kanal} status {quoted}",
+        f"  {kanal} dlq {quoted} show",
+        f"  {kanal} sync {quoted} --once      # streams what changed in the ERP since the demo",
+        f"  {shlex.quote(str(psql))} \"$SHOP_DSN\" -c 'select count(*) from shop_products'",
+        f"Parquet files: {root / 'parquet'} (changes under <entity>/changes/)",
+    ]
+
+
 def _fresh_database(server, name: str) -> str:  # type: ignore[no-untyped-def]
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         conn.execute(f'drop database if exists "{name}" with (force)')
@@ -108,7 +162,9 @@ def run(
     console: Console,
     out: Console,
     present: Callable[[MigrationReport, str], None],
+    keep: bool = False,
 ) -> StreamReport:
+    """Run the demo in `folder`; `keep`: leave its databases running (see the module docstring)."""
     root = Path(folder).resolve()
     erp_server, shop_server = _logical(root / "erp-pg"), _server(root / "shop-pg")
     try:
@@ -129,7 +185,8 @@ def run(
         shutil.copytree(EXAMPLES / "mappings", root / "mappings", dirs_exist_ok=True)
         shutil.rmtree(root / ".kanal", ignore_errors=True)
         shutil.rmtree(root / "parquet", ignore_errors=True)
-        os.environ.update(ERP_DSN=erp, SHOP_DSN=shop, OUTPUT_DIR=str(root / "parquet"))
+        env = {"ERP_DSN": erp, "SHOP_DSN": shop, "OUTPUT_DIR": str(root / "parquet")}
+        os.environ.update(env)
         loaded = load_job(job)
         stop = threading.Event()
         result: list[StreamReport | BaseException] = []
@@ -158,11 +215,14 @@ def run(
         if changed:
             out.print(f"\nthen streamed {changed[0]:,} ERP changes by CDC into both sinks in {changed[1]:.1f}s "
                       f"(source commit to the last sink write)")
-        for line in cleanup(loaded):
-            console.print(line)
-        out.print(f"\nshop database: psql '{shop}'\nParquet files: {root / 'parquet'} (changes under <entity>/changes/)")
-        out.print(f"job file: {job} (it reads ERP_DSN, SHOP_DSN and OUTPUT_DIR from the environment); "
-                  "`kanal run` on it migrates and keeps streaming")
+        if not keep:
+            for line in cleanup(loaded):
+                console.print(line)
+        out.print(f"\njob file: {job} (it reads ERP_DSN, SHOP_DSN and OUTPUT_DIR from the environment)")
+        for line in _hints(root, job, env, keep):
+            out.print(line)
+        if keep:
+            erp_server.cleanup_mode = shop_server.cleanup_mode = None  # the handles let go, the servers run on
         return report
     finally:
         erp_server.cleanup()

@@ -1,4 +1,4 @@
-"""`kanal dlq show|replay`: inspect and re-deliver dead letters.
+"""`kanal dlq show|replay|export|purge`: inspect, re-deliver, save and drop dead letters.
 
 Replay re-validates each dead letter against the canonical model (so records
 that were fixed by a changed rule or mapping pass) and writes the valid ones
@@ -11,10 +11,16 @@ are kept in the dead letter), so a target that meanwhile holds a newer
 version keeps it: the replayed record is skipped as older, and leaves the
 DLQ, since the newer version already stands in for it. Replays write
 within the sinks' declared limits, like a delivery.
+
+Export writes the dead letters `show` lists to a file, JSON Lines or CSV by
+its extension; purge drops them from the local store, under the job's state
+lock (so never while a run of the job adds some). Neither touches the DLQ
+topic, whose messages stay until the broker's retention removes them.
 """
 
 from __future__ import annotations
 
+import csv
 import threading
 import uuid
 from collections import defaultdict
@@ -22,20 +28,73 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import polars as pl
 
 from kanal.core.changes import conform_changes, keeping_engine_columns
 from kanal.core.connector import Sink
 from kanal.core.deliver import SinkLimits, describe_target, write_changed
 from kanal.core.dlq import STAGE_SOURCE
+from kanal.core.errors import ConfigError
 from kanal.core.model import entity as canonical
+from kanal.core.state import StateStore
 from kanal.core.validate import KEY, REASON
 from kanal.jobs.load import LoadedJob, SinkPlan
+from kanal.jobs.reset import require_entity
 from kanal.jobs.runtime import dead_letter_store, identity, make_sink, sink_transform, write_guard
 
 
 def show(loaded: LoadedJob, entity: str | None = None) -> list[dict[str, Any]]:
     return dead_letter_store(loaded).letters(entity)
+
+
+EXPORT_FORMATS = (".jsonl", ".ndjson", ".csv")
+_COLUMNS = ("entity", "key", "stage", "sink", "reason")
+
+
+def export(loaded: LoadedJob, path: Path, entity: str | None = None) -> int:
+    """Write the dead letters to `path` (JSON Lines: one entry per line, as `show --json`; CSV: one column per
+    record field after entity, key, stage, sink, reason; nested values as JSON). Returns how many."""
+    if path.suffix.lower() not in EXPORT_FORMATS:
+        raise ConfigError(f"{path}: export writes {', '.join(EXPORT_FORMATS)} files; name the file with one of them")
+    letters = show(loaded, entity)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        if path.suffix.lower() == ".csv":
+            _write_csv(fh, letters)
+        else:
+            for letter in letters:
+                fh.write(orjson.dumps(letter, default=str).decode() + "\n")
+    tmp.replace(path)
+    return len(letters)
+
+
+def _write_csv(fh: Any, letters: list[dict[str, Any]]) -> None:
+    fields = list(dict.fromkeys(f for letter in letters for f in (letter.get("record") or {})))
+    writer = csv.writer(fh)
+    writer.writerow([*_COLUMNS, *fields])
+    for letter in letters:
+        record = letter.get("record") or {}
+        writer.writerow([*(letter.get(c) for c in _COLUMNS), *(_cell(record.get(f)) for f in fields)])
+
+
+def _cell(value: Any) -> Any:
+    return orjson.dumps(value, default=str).decode() if isinstance(value, dict | list) else value
+
+
+def purge(loaded: LoadedJob, entity: str | None = None) -> int:
+    """Drop the job's dead letters (of `entity`, or all); returns how many. Refuses while the job runs."""
+    if entity is not None:
+        require_entity(loaded, entity)
+    state = StateStore(loaded.state_dir).acquire()
+    try:
+        store = dead_letter_store(loaded)
+        count = store.count(entity)
+        for path in store.files(entity):
+            store.replace_file(path, [])
+        return count
+    finally:
+        state.release()
 
 
 @dataclass(frozen=True)

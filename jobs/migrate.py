@@ -72,6 +72,7 @@ def _plan(
     stored = state.get(MIGRATION)
     resumable = stored and stored.get("status") == "running" and set(stored["entities"]) == set(loaded.source_entities)
     if resumable and not new_position:
+        stored = _replan(loaded, source, state, stored)
         plans = {e: [Chunk(c["id"], c["spec"], c.get("rows")) for c in v["chunks"]] for e, v in stored["entities"].items()}
         done = {(e, cid) for e, v in stored["entities"].items() for cid in v.get("done", {})}
         return plans, done, stored
@@ -81,12 +82,36 @@ def _plan(
         "run": uuid.uuid4().hex,
         "started": time.time(),
         "entities": {
-            e: {"chunks": [{"id": c.id, "spec": c.spec, "rows": c.estimated_rows} for c in chunks], "done": {}}
+            e: {"chunks": _chunk_docs(chunks), "done": {}}
             for e, chunks in plans.items()
         },
     }
     state.update(lambda d: d.__setitem__(MIGRATION, doc))
     return plans, set(), doc
+
+
+def replanned(state: StateStore) -> set[str]:
+    """The entities `kanal reset` marked for a new snapshot (`jobs.reset`)."""
+    stored = state.get(MIGRATION) or {}
+    return {e for e, v in stored.get("entities", {}).items() if v.get("replan")} if stored.get("status") == "running" else set()
+
+
+def _replan(loaded: LoadedJob, source: Source, state: StateStore, stored: dict[str, Any]) -> dict[str, Any]:
+    """Plan the entities marked by `kanal reset` now, not at the reset: rows added in between are read too."""
+    fresh = {e: pipeline.plan_chunks(loaded, source, e) for e in replanned(state)}
+    if not fresh:
+        return stored
+
+    def store(doc: dict[str, Any]) -> None:
+        for e, chunks in fresh.items():
+            doc[MIGRATION]["entities"][e] = {"chunks": _chunk_docs(chunks), "done": {}}
+
+    state.update(store)
+    return state.get(MIGRATION)
+
+
+def _chunk_docs(chunks: list[Chunk]) -> list[dict[str, Any]]:
+    return [{"id": c.id, "spec": c.spec, "rows": c.estimated_rows} for c in chunks]
 
 
 @logs.for_job
@@ -165,14 +190,17 @@ def _migrate(
         plans, done, doc = _plan(loaded, source, state, new_position)
     else:
         joining = shared.pending() > 0
-        if not joining and not explicit and shared.completed_before():
+        again = set() if joining else replanned(state)  # only the entities `kanal reset` marked
+        if not joining and not explicit and not again and shared.completed_before():
             # Its chunks are all read, but its sinks may still be writing: wait, so
             # that nothing (a stream's key build) runs on tables still being loaded.
             wait_consumed(loaded, kafka, topics.names, lambda: None)
             log.info("the migration of %s was completed by another worker", job.name)
             state.update(lambda d: d.__setitem__(MIGRATION, {"status": "done", "entities": {}, "finished": time.time()}))
             return MigrationReport(job.name, time.monotonic() - started, 0, metrics)
-        plans = {} if joining else {e: pipeline.plan_chunks(loaded, source, e) for e in loaded.source_entities}
+        plans = {} if joining else {
+            e: pipeline.plan_chunks(loaded, source, e) for e in loaded.source_entities if not again or e in again
+        }
         done, doc = set(), {"entities": {e: {"done": {}} for e in plans}}
         state.update(lambda d: d.__setitem__(MIGRATION, {"status": "running", "started": time.time(), "entities": {}}))
     log.debug("planned %d chunks (%d done before)", sum(len(c) for c in plans.values()), len(done))

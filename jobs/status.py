@@ -3,11 +3,16 @@
 Live figures are best-effort: the source's delta status (a CDC slot's
 confirmed position and retained WAL) and, with a real broker, each sink's
 consumer lag. A system that cannot be reached is reported, not fatal.
+
+Times are ISO 8601 in UTC with a `Z` suffix (`2026-01-02T03:04:05Z`), the
+same on every machine and in every output, so they can be compared and
+parsed by scripts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from kanal.core.errors import KanalError
@@ -26,7 +31,8 @@ class EntityStatus:
     rows_delivered: int
     dead_letters: int
     changes_delivered: int = 0
-    last_write: float | None = None
+    last_write: str | None = None
+    """When a stream last wrote a change of the entity (UTC, `utc`)."""
     lag: dict[str, int] = field(default_factory=dict)
 
 
@@ -36,6 +42,15 @@ class JobStatus:
     migration: str  # never run | running | done
     entities: list[EntityStatus]
     stream: dict[str, Any] = field(default_factory=dict)
+
+    def documents(self) -> list[dict[str, Any]]:
+        """One JSON-ready document per entity (`kanal status --json`)."""
+        return [{"job": self.job, "migration": self.migration, **asdict(e), "stream": self.stream} for e in self.entities]
+
+
+def utc(epoch: float) -> str:
+    """An epoch time as ISO 8601 UTC with a Z suffix, to the second."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def status(loaded: LoadedJob, live: bool = True) -> JobStatus:
@@ -52,14 +67,15 @@ def status(loaded: LoadedJob, live: bool = True) -> JobStatus:
         entities.append(
             EntityStatus(
                 name, len(e["chunks"]), len(done), sum(v.get("rows", 0) for v in done.values()), dlq.count(name),
-                delta.get("changes", 0), delta.get("last_write"), lags.get(name, {}),
+                delta.get("changes", 0), utc(delta["last_write"]) if delta.get("last_write") else None,
+                lags.get(name, {}),
             )
         )
     summary: dict[str, Any] = {}
     if live and any(p.options.delta is not None for p in loaded.source_entities.values()):
         summary.update(_source_status(loaded, stream.get("position")))
     if stream.get("confirmed_at"):
-        summary["confirmed_at"] = stream["confirmed_at"]
+        summary["confirmed_at"] = utc(stream["confirmed_at"])
     return JobStatus(loaded.name, doc.get("status", "never run"), entities, summary)
 
 

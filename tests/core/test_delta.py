@@ -49,7 +49,7 @@ def test_each_part_reads_from_its_own_position_and_the_owner_answers_for_an_enti
     position = json.loads(json.dumps(changes.position))
     assert position["pricing"]["cursors"]["prices"] == micros("2024-05-01T12:00:02+00:00")
     assert reader.read(position).frames == {}
-    assert reader.describe(position) == "products 2024-05-01T12:00:01.000+00:00; prices 2024-05-01T12:00:02.000+00:00"
+    assert reader.describe(position) == "products 2024-05-01T12:00:01.000Z; prices 2024-05-01T12:00:02.000Z"
 
 
 def test_a_position_without_every_part_cannot_be_resumed() -> None:
