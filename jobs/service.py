@@ -48,6 +48,8 @@ READY_STALL_S = 180.0
 PROBE_S = 2.0
 """How often the monitor asks the broker, the source and the sinks: one light call each (`select 1`, a
 metadata request, an API's cheapest query), so a readiness probe sees an outage within seconds."""
+LAG_EVERY_S = 10.0
+"""How often the monitor reads the consumer groups' lag: each read opens a consumer per sink and entity."""
 _PROBE_TIMEOUT_S = 5.0
 log = logging.getLogger("kanal.service")
 
@@ -134,6 +136,8 @@ class Monitor:
         self.stall_s, self.every_s, self.telemetry = stall_s, every_s, telemetry
         self._probes = {name: _Probes(j) for name, j in self.jobs.items()}
         self._observed = Observed(problems={name: ["not checked yet"] for name in self.jobs})
+        self._lag: dict[tuple[str, str, str], int] = {}
+        self._lag_at = 0.0
         self._asking: tuple[str, str, float] | None = None  # (job, what, since): the probe under way
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kanal-monitor", daemon=True)
@@ -184,17 +188,20 @@ class Monitor:
 
     def observe(self) -> Observed:
         """One round: ask every job's systems; the findings replace the previous round's at once."""
-        lag: dict[tuple[str, str, str], int] = {}
         source: dict[tuple[str, str], float] = {}
         problems: dict[str, list[str]] = {}
+        read_lag = time.monotonic() - self._lag_at >= LAG_EVERY_S
+        lag = {} if read_lag else dict(self._lag)
         for name, loaded in self.jobs.items():
             run = self.telemetry.live(name)
             if run is None:
                 problems[name] = [f"job {name} is not running (starting, finished, or failed: see the log)"]
                 continue
             problems[name] = self._ask(run, loaded, source)
-            if run.kafka is not None and not problems[name]:
+            if read_lag and run.kafka is not None and not problems[name]:
                 lag.update(self._lags(run.kafka, loaded))
+        if read_lag:
+            self._lag, self._lag_at = lag, time.monotonic()
         self._observed = Observed(lag, source, problems, time.time())
         return self._observed
 
