@@ -190,9 +190,8 @@ def test_a_plugin_that_fails_to_import_is_named_once_and_breaks_only_its_jobs(
 
 def test_the_cli_runs_jobs_beside_a_broken_plugin(cli, broken_plugin: Path) -> None:
     cli.env["PYTHONPATH"] = str(broken_plugin)
-    listed = cli.run("connectors", check=True)
-    assert listed.stderr.count("package brokenconn 0.1") == 1 and "Traceback" not in listed.stderr
-    assert cli.run("validate", str(cli.write_job(erp.job())), check=True).returncode == 0
+    other = cli.run("validate", str(cli.write_job(erp.job())), check=True)
+    assert other.stderr.count("package brokenconn 0.1") == 1 and "Traceback" not in other.stderr
     uses = cli.run("validate", str(cli.write_job(erp.job().replace("connector: postgres", "connector: broken", 1))))
     assert uses.returncode == 2 and "Traceback" not in uses.stderr
     assert "job.yaml:6: source.connector: connector 'broken' (package brokenconn 0.1" in uses.stderr
@@ -253,7 +252,11 @@ def test_settings_a_system_refuses_exit_2_at_their_place(cli, dbs) -> None:
     assert "job 'erp-to-shop': its state" in locked.stderr and "is in use by another kanal process" in locked.stderr
 
 
-def test_help_lists_the_exit_codes(cli) -> None:
-    text = cli.run("--help", check=True).stdout
+def test_help_lists_the_exit_codes() -> None:
+    from click.testing import CliRunner
+
+    from kanal.cli import main
+
+    text = CliRunner().invoke(main, ["--help"]).output
     for code in ("0    success", "1    the run failed", "2    the job file", "130  interrupted"):
         assert code in text
