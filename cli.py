@@ -340,10 +340,11 @@ def sync(
         schedule = parse_schedule(f"every {every}") if every else parse_cron(cron, zone) if cron else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--every" if every else "--cron") from None
-    loaded = _load(job)
-    with _graceful() as stop, _serving([loaded]):
-        report = run_sync(loaded, schedule=schedule, once=once, stop=stop, console=err, quiet=quiet,
-                          verbose=ctx.obj["verbose"])
+    with _graceful() as stop:  # before loading: a SIGTERM while starting up is a graceful stop too
+        loaded = _load(job)
+        with _serving([loaded]):
+            report = run_sync(loaded, schedule=schedule, once=once, stop=stop, console=err, quiet=quiet,
+                              verbose=ctx.obj["verbose"])
     if as_json:
         return _json(reports.stream_document("sync", report))
     _print_stream(report, job)
@@ -361,11 +362,12 @@ def run(ctx: click.Context, job: str, quiet: bool, as_json: bool) -> None:
     The delta position is taken before the snapshot starts, so writes made
     during the migration arrive through the stream.
     """
-    loaded = _load(job)
-    with _graceful() as stop, _serving([loaded]):
-        report = run_sync(loaded, schedule=parse_schedule(loaded.job.schedule), migrate_first=True, stop=stop,
-                          console=err, quiet=quiet, verbose=ctx.obj["verbose"],
-                          on_migrated=None if as_json else lambda migrated: _print_report(migrated, job))
+    with _graceful() as stop:  # before loading: a SIGTERM while starting up is a graceful stop too
+        loaded = _load(job)
+        with _serving([loaded]):
+            report = run_sync(loaded, schedule=parse_schedule(loaded.job.schedule), migrate_first=True, stop=stop,
+                              console=err, quiet=quiet, verbose=ctx.obj["verbose"],
+                              on_migrated=None if as_json else lambda migrated: _print_report(migrated, job))
     if as_json:
         return _json(reports.stream_document("run", report))
     _print_stream(report, job)

@@ -44,7 +44,7 @@ from kanal.core.changes import keeping_engine_columns
 from kanal.core.connector import OP, VERSION, Capabilities, EntityOptions, Sink, Transform, WriteResult
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_dead_letters
 from kanal.core.errors import JobFailed, Unreachable
-from kanal.core.isolate import combine, slice_id, write_isolating
+from kanal.core.isolate import ROW, accepted_rows, combine, shifted, slice_id, standing_refusals, write_isolating
 from kanal.core.sinkmemory import HASH, Sifted, SinkMemory, remember_result, sift
 from kanal.core.kafka import BoundedProducer, KafkaConnection
 from kanal.core.model import Entity
@@ -197,9 +197,8 @@ def write_within(
             return sink.write(entity, options, part, slice_id(batch_id, start + at, part.height, frame.height))
 
         piece = frame.slice(start, size)
-        results.append(
-            call_with_retry(lambda p=piece, w=write: write_isolating(w, p, target), retry, on_wait=on_wait, cancel=cancel)
-        )
+        result = call_with_retry(lambda p=piece, w=write: write_isolating(w, p, target), retry, on_wait=on_wait, cancel=cancel)
+        results.append(shifted(result, start))
     return combine(results)
 
 
@@ -224,16 +223,26 @@ def write_changed(
     them. Without a memory (sinks that compare versions themselves) this is
     `write_within`.
     """
-    sifted = sift(memory, entity, frame) if memory is not None else Sifted(frame, 0, 0)
+    indexed = frame.with_row_index(ROW)
+    sifted = sift(memory, entity, indexed) if memory is not None else Sifted(indexed, 0, 0)
     result = WriteResult()
     if not sifted.send.is_empty():
         result = write_within(
-            sink, entity, options, sifted.send.drop(HASH, strict=False), batch_id,
+            sink, entity, options, sifted.send.drop(HASH, ROW, strict=False), batch_id,
             limits=limits, target=target, retry=retry, cancel=cancel, on_wait=on_wait,
         )  # fmt: skip
         if memory is not None:
-            remember_result(memory, entity, sifted.send, result)
+            remember_result(memory, entity, sifted.send.drop(ROW), result)
+        result = _positions_in_frame(result, sifted.send.get_column(ROW))
     return replace(result, skipped_older=result.skipped_older + sifted.older), sifted.unchanged
+
+
+def _positions_in_frame(result: WriteResult, sent: pl.Series) -> WriteResult:
+    """Refused positions counted in the sent rows, as positions in the frame before `sift` dropped any."""
+    if result.failed is None or ROW not in result.failed.columns:
+        return result
+    positions = sent.cast(pl.Int64).gather(result.failed.get_column(ROW)).alias(ROW)
+    return replace(result, failed=result.failed.with_columns(positions))
 
 
 class SinkDelivery:
@@ -512,19 +521,21 @@ class SinkDelivery:
             retry=self.retry, cancel=self._failed, on_wait=self.metrics.waiting(self.name),
         )  # fmt: skip
         self.metrics.add(batch.entity, "unchanged", unchanged, self.name)
-        accepted = frame if result.failed is None else frame.join(result.failed.select(KEY), on=KEY, how="anti")
+        accepted = accepted_rows(frame, result.failed)
         self.dead_letters.supersede(batch.entity, accepted.select([c for c in (KEY, OP, VERSION) if c in frame.columns]), self.name)
         seconds = time.monotonic() - started
         TELEMETRY.wrote(self.job, batch.entity, self.name, seconds)
         log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, batch.entity, seconds)
         self.metrics.add(batch.entity, "written", result.written, self.name)
         self.metrics.add(batch.entity, "skipped", result.skipped_older, self.name)
-        failed = result.failed
+        if result.failed_count:
+            self.metrics.add(batch.entity, "failed", result.failed_count, self.name)
+        failed = standing_refusals(frame, result.failed)
         if failed is None or failed.is_empty():
             return
-        self.metrics.add(batch.entity, "failed", failed.height, self.name)
-        # the canonical records (not the sink-mapped ones), each version refused: a replay maps them again
-        rows = canonical.join(failed.rename({"reason": REASON}), on=[c for c in (KEY, VERSION) if c in failed.columns])
+        # the canonical records (not the sink-mapped ones), each change refused: a replay maps them again
+        found = failed.drop(ROW, strict=False).unique().rename({"reason": REASON})
+        rows = canonical.join(found, on=[c for c in (KEY, VERSION, OP) if c in found.columns])
         if not self.use_dlq:
             first = rows.row(0, named=True)
             raise JobFailed(

@@ -125,8 +125,13 @@ class DeadLetterStore:
         accepted. A dead letter of the same key with an older version — set
         aside by this sink, or at the source — must never be replayed: the
         record was changed or deleted since, and a delete leaves nothing in the
-        target for a version check to compare with. A truncate makes every
-        older letter of the entity obsolete.
+        target for a version check to compare with. A letter this sink set
+        aside goes at an equal version too: the changes of one transaction
+        share its commit version, and a sink takes each key's changes in
+        order, so a write it accepts after the letter is the later change.
+        (A source letter is set aside before any sink writes, so an equal
+        version says nothing about order there.) A truncate makes every older
+        letter of the entity obsolete.
         """
         files = self.files(entity)
         if not files or VERSION not in written.columns or written.is_empty():
@@ -140,7 +145,9 @@ class DeadLetterStore:
                 return False
             version = (entry.get("record") or {}).get(VERSION)
             later = max((v for v in (newest.get(entry["key"]), floor) if v is not None), default=None)
-            return later is not None and (version is None or version < later)
+            if later is None or version is None:
+                return later is not None
+            return version <= later if entry.get("stage") != STAGE_SOURCE else version < later
 
         dropped = 0
         with _STORE_LOCK:

@@ -16,16 +16,22 @@ the search stops with a `JobFailed` naming the target and its message.
 Every write call names the slice it writes by its offset in the frame, so a
 sink that names its output by batch id (files) gives every written slice its
 own name instead of overwriting one slice with the next.
+
+A refused record is named by its position in the frame (`ROW`), not only by
+its key: one batch may hold several changes of a key with one version (the
+changes of one transaction share its commit version), and a change of the
+key written after the refused one (a delete) is what stands in the target.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import polars as pl
 
-from kanal.core.connector import VERSION, WriteResult
+from kanal.core.connector import OP, VERSION, WriteResult
 from kanal.core.errors import BatchRejected, JobFailed
 from kanal.core.validate import KEY
 
@@ -36,6 +42,9 @@ ALIKE_REFUSALS = 10
 """Single records refused alike, with nothing accepted, that make a refusal a job error. Records
 with a bad value spread among good ones almost never fill this many first places: a good
 record is written on the way and turns the rule off for the batch."""
+
+ROW = "_kanal_row"
+"""Column of `WriteResult.failed` from isolation: the refused record's position in the frame written."""
 
 _RECORD_VALUES = re.compile(r"\"[^\"]*\"|'[^']*'|\([^()]*\)=\([^()]*\)")
 """Quoted values and `(key)=(value)` details: the parts of a target's message that name a record."""
@@ -78,7 +87,9 @@ class _Isolation:
         except BatchRejected as exc:
             if frame.height == 1:
                 self._refused_one(exc)
-                return WriteResult(failed=frame.select(KEY, *_versions(frame), pl.lit(exc.message).alias("reason")))
+                return WriteResult(failed=frame.select(
+                    KEY, *_versions(frame), pl.lit(exc.message).alias("reason"), pl.lit(offset, pl.Int64).alias(ROW)
+                ))  # fmt: skip
         else:
             self.accepted = True
             return result
@@ -98,6 +109,35 @@ class _Isolation:
             )
 
 
+def shifted(result: WriteResult, by: int) -> WriteResult:
+    """`result` of writing a slice that starts at `by`: refused positions counted from the whole frame's start."""
+    if result.failed is None or ROW not in result.failed.columns or not by:
+        return result
+    return replace(result, failed=result.failed.with_columns(pl.col(ROW) + by))
+
+
+def accepted_rows(frame: pl.DataFrame, failed: pl.DataFrame | None) -> pl.DataFrame:
+    """The rows of `frame` its target took: all but the refused positions (or keys, from a sink naming only those)."""
+    if failed is None or failed.is_empty():
+        return frame
+    if ROW in failed.columns:
+        return frame.with_row_index(ROW).filter(~pl.col(ROW).is_in(failed.get_column(ROW).implode())).drop(ROW)
+    return frame.join(failed.select(KEY), on=KEY, how="anti")
+
+
+def standing_refusals(frame: pl.DataFrame, failed: pl.DataFrame | None) -> pl.DataFrame | None:
+    """The refused records no later accepted change of the same key in `frame` replaces (those need attention)."""
+    if failed is None or failed.is_empty() or ROW not in failed.columns:
+        return failed
+    taken = frame.with_row_index(ROW).filter(~pl.col(ROW).is_in(failed.get_column(ROW).implode()))
+    last = taken.group_by(KEY).agg(pl.col(ROW).max().cast(pl.Int64).alias("_kanal_last_taken"))
+    return (
+        failed.join(last, on=KEY, how="left", maintain_order="left")
+        .filter(~(pl.col("_kanal_last_taken") > pl.col(ROW)).fill_null(False))
+        .drop("_kanal_last_taken")
+    )
+
+
 def _versions(frame: pl.DataFrame) -> list[str]:
-    """`VERSION` when the frame has it: a refused record is told from other versions of its key by it."""
-    return [VERSION] if VERSION in frame.columns else []
+    """`VERSION` and `OP` when the frame has them: a refused record is told from other changes of its key by them."""
+    return [c for c in (VERSION, OP) if c in frame.columns]

@@ -31,6 +31,7 @@ from pathlib import Path
 import polars as pl
 
 from kanal.core.connector import DELETE, OP, TRUNCATE, VERSION, WriteResult
+from kanal.core.isolate import ROW, accepted_rows
 from kanal.core.validate import KEY
 
 HASH = "_kanal_hash"
@@ -182,7 +183,7 @@ def sift(memory: SinkMemory, entity: str, frame: pl.DataFrame) -> Sifted:
     content costs no call. Deletes and truncates are sent unless older than
     the last truncate.
     """
-    content = [c for c in frame.columns if c not in (OP, VERSION, HASH)]
+    content = [c for c in frame.columns if c not in (OP, VERSION, HASH, ROW)]
     hashed = frame.with_columns(content_hash(frame, content))
     floor = memory.floor(entity)
     known = memory.written(entity, frame.get_column(KEY))
@@ -202,8 +203,7 @@ def sift(memory: SinkMemory, entity: str, frame: pl.DataFrame) -> Sifted:
 
 def remember_result(memory: SinkMemory, entity: str, sent: pl.DataFrame, result: WriteResult) -> None:
     """Remember what the system now holds: written upserts by hash, deletes and truncates forgotten."""
-    if result.failed is not None and not result.failed.is_empty():
-        sent = sent.join(result.failed.select(KEY), on=KEY, how="anti")
+    sent = accepted_rows(sent, result.failed)
     if OP in sent.columns:
         truncates = sent.filter(pl.col(OP) == TRUNCATE)
         if truncates.height:

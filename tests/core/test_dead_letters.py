@@ -51,6 +51,29 @@ def test_a_later_write_of_the_key_makes_older_dead_letters_obsolete(tmp_path: Pa
     assert store.letters() == []
 
 
+def test_a_later_write_at_the_same_version_makes_a_dead_letter_obsolete(tmp_path: Path) -> None:
+    """One transaction updates a row (refused: too long) and then deletes it: both changes carry its commit version.
+
+    Deliveries keep each key's order, so a write accepted after the letter
+    was set aside is the later change even at an equal version; replaying
+    the letter would bring the deleted row back.
+    """
+    store = DeadLetterStore(tmp_path)
+    store.put("products", STAGE_SINK, "shop-run1", _letters(["P1", "P2"], [10, 10]))
+    written = pl.DataFrame({KEY: ["P1", "P2"], OP: ["delete", UPSERT], VERSION: [10, 9]})
+    assert store.supersede("products", written, "shop") == 1
+    assert [letter["key"] for letter in store.letters()] == ["P2"]
+
+
+def test_an_invalid_source_record_stays_when_a_write_shares_its_version(tmp_path: Path) -> None:
+    """Source letters are set aside before sinks write: an equal version tells nothing about which came later."""
+    store = DeadLetterStore(tmp_path)
+    rows = pl.DataFrame({"sku": ["P1"], KEY: ["P1"], OP: [UPSERT], VERSION: [10], REASON: ["currency: invalid"]})
+    store.put("products", STAGE_SOURCE, "run1", letters_frame(rows, "products", STAGE_SOURCE, None, PRODUCT.field_names))
+    assert store.supersede("products", pl.DataFrame({KEY: ["P1"], OP: [UPSERT], VERSION: [10]}), "shop") == 0
+    assert store.supersede("products", pl.DataFrame({KEY: ["P1"], OP: [UPSERT], VERSION: [11]}), "shop") == 1
+
+
 def test_a_letter_keeps_the_source_row_as_read_before_the_mapping(tmp_path: Path) -> None:
     """Validation and mapping errors: `raw` is the row the source gave, even when nothing of it reached a field."""
     mapping = parse_mapping({"entity": "products", "fields": {"sku": "artnr", "weight": {"from": "gewicht", "cast": "decimal"}}},

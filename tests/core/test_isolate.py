@@ -1,9 +1,9 @@
 import polars as pl
 import pytest
 
-from kanal.core.connector import VERSION, WriteResult
+from kanal.core.connector import OP, VERSION, WriteResult
 from kanal.core.errors import BatchRejected, JobFailed
-from kanal.core.isolate import ALIKE_REFUSALS, slice_id, write_isolating
+from kanal.core.isolate import ALIKE_REFUSALS, ROW, accepted_rows, slice_id, standing_refusals, write_isolating
 from kanal.core.validate import KEY
 
 TARGET = "sink 'shop', products (table: shop_products)"
@@ -27,10 +27,10 @@ def test_bisection_finds_each_bad_record_and_writes_the_rest() -> None:
     result = write_isolating(write, pl.DataFrame({KEY: keys}), TARGET)
     assert result.written == 98 and sorted(written) == sorted(k for k in keys if not k.startswith("bad"))
     assert result.failed is not None
-    assert dict(result.failed.iter_rows()) == {
-        "bad17": "target: value too long for bad17",
-        "bad80": "target: value too long for bad80",
-    }
+    assert result.failed.rows() == [
+        ("bad17", "target: value too long for bad17", 17),
+        ("bad80", "target: value too long for bad80", 80),
+    ]  # key, the target's reason, the position in the frame
     assert calls < 40
 
 
@@ -89,4 +89,25 @@ def test_written_slices_are_disjoint_and_named_by_their_place() -> None:
     result = write_isolating(write, pl.DataFrame({KEY: keys, VERSION: list(range(10))}), TARGET)
     assert sorted(k for rows in ids.values() for k in rows) == sorted(k for k in keys if k != "k3")
     assert all(b.startswith("chunk-p0@") for b in ids)
-    assert result.failed is not None and result.failed.to_dicts() == [{KEY: "k3", VERSION: 3, "reason": "target: k3 is bad"}]
+    assert result.failed is not None and result.failed.to_dicts() == [{KEY: "k3", VERSION: 3, "reason": "target: k3 is bad", ROW: 3}]
+
+
+def test_a_refusal_a_later_change_of_its_key_replaces_needs_no_dead_letter() -> None:
+    """One transaction renames a row (too long: refused) and then deletes it: the delete stands, not the refusal.
+
+    Both changes share the transaction's version, so only their positions
+    tell which came last; telling them apart by key would also hide the
+    accepted delete from everything that follows the write.
+    """
+    frame = pl.DataFrame({KEY: ["P1", "P2", "P1", "P3"], OP: ["upsert", "upsert", "delete", "upsert"], VERSION: [7, 7, 7, 7],
+                          "name": ["Long xxxxxxxx", "Long yyyyyyyy", None, "short"]})  # fmt: skip
+
+    def write(part: pl.DataFrame, _at: int) -> WriteResult:
+        if part.get_column("name").str.starts_with("Long").any():
+            raise BatchRejected("target", "value too long")
+        return WriteResult(written=part.height)
+
+    result = write_isolating(write, frame, TARGET)
+    assert accepted_rows(frame, result.failed).get_column(KEY).to_list() == ["P1", "P3"]
+    standing = standing_refusals(frame, result.failed)
+    assert standing is not None and standing.get_column(KEY).to_list() == ["P2"]

@@ -290,11 +290,14 @@ class Sequence:
     def _catch_up(self) -> None:
         """`kanal run` until every sink equals the source and the position is confirmed, then SIGTERM."""
         with (self.folder / "zz-catch-up.out").open("w") as out, (self.folder / "zz-catch-up.err").open("w") as err:
+            started = time.time()
             proc = subprocess.Popen([*KANAL, "run", "job.yaml", "--quiet"], cwd=self.folder, env=self.env, stdout=out, stderr=err)
             tree = ProcessTree(proc.pid)
             diffs, waited = self._converge(proc, tree)
-            if proc.poll() is None and not diffs and self.s.cdc:
-                self._wait_confirmed(proc)
+            if proc.poll() is None and not diffs:
+                self._wait_streamed(proc, started)
+                if self.s.cdc:
+                    self._wait_confirmed(proc)
             tree.sample()
             proc.send_signal(signal.SIGTERM)
             try:
@@ -329,6 +332,21 @@ class Sequence:
         if proc.poll() is not None:  # it ended by itself: whatever it left is final
             diffs = self.differences()
         return diffs, time.monotonic() - started
+
+    def _wait_streamed(self, proc: subprocess.Popen[bytes], since: float) -> None:
+        """The run confirmed a stream position after it started: it got past the migration, whatever the sinks held."""
+        state = self.folder / ".kanal" / self.s.job / "state.json"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                confirmed = json.loads(state.read_text()).get("stream", {}).get("confirmed_at") or 0
+            except (OSError, ValueError):
+                confirmed = 0  # not written yet, or being replaced
+            if confirmed >= since:
+                return
+            time.sleep(0.2)
+        if proc.poll() is None:
+            self._diverged("the catch-up `kanal run` confirmed no stream position within 60s of the sinks catching up")
 
     def _wait_confirmed(self, proc: subprocess.Popen[bytes]) -> None:
         """Everything delivered is confirmed: the slot moves past the WAL written so far (heartbeats when quiet)."""

@@ -62,11 +62,11 @@ FEATURES: dict[str, Feature] = {
     )
 }
 
-ENABLED: frozenset[str] = frozenset(FEATURES) - {"truncate_partition", "refused_rows", "unversioned_target"}
-"""Features that pass on the current code; `make test` runs these. Left out: `truncate_partition` (a
-documented limit) and `refused_rows` (with `unversioned_target`): `kanal dlq replay` can still write
-back a refused row whose key was deleted or changed since (`KANAL_TORTURE_SEED=1103
-KANAL_TORTURE_ACTIONS=5 KANAL_TORTURE_FEATURES=none,+kill9,+concurrent,+invalid_rows,+key_change,+refused_rows`)."""
+ENABLED: frozenset[str] = frozenset(FEATURES) - {"truncate_partition", "unversioned_target"}
+"""Features that pass on the current code; `make test` runs these. Left out: `truncate_partition` and
+`unversioned_target`, documented limits (PostgreSQL does not publish a TRUNCATE of one partition of a table
+published through its root; a target with no
+version column cannot refuse an older record a dead-letter replay brings)."""
 
 
 def parse_features(text: str | None, base: frozenset[str] = ENABLED) -> frozenset[str]:
