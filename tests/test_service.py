@@ -112,10 +112,16 @@ def test_a_port_in_use_is_a_usage_error_and_options_follow_the_subcommand(cli: C
         proc = cli.run("sync", "job.yaml", "--http-port", str(port), timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert f"--http-port {port}" in proc.stderr and "in use" in proc.stderr
-    plain = cli.run("validate", "job.yaml", "-v", timeout=60)
-    assert plain.returncode == 0, plain.stderr
     bad = cli.run("validate", "job.yaml", "--log-format", "xml", timeout=60)
     assert bad.returncode == 2 and "xml" in bad.stderr
+
+    unreachable = f"bootstrap_servers: 127.0.0.1:{free_port()}\n  connect_timeout_s: 1"
+    cli.write_job(erp.job(name="ported").replace("bootstrap_servers: embedded", unreachable))
+    failed = cli.run("sync", "job.yaml", "-v", "--log-format", "json", timeout=60)
+    assert failed.returncode == 1
+    lines = [json.loads(line) for line in failed.stderr.splitlines() if line.strip()]
+    assert any(line["message"] == "where it failed" and "exception" in line for line in lines)  # -v took effect
+    assert any(line["level"] == "error" and "not reachable" in line["message"] for line in lines)
 
 
 def test_json_log_lines_name_the_job_entity_and_sink_of_their_thread_and_hide_secrets() -> None:
