@@ -98,6 +98,19 @@ def redact(text: str) -> str:
     return text
 
 
+class InvalidKey(ValueError):
+    """A pydantic validator's complaint about one key inside the mapping it validates.
+
+    Raised instead of a plain ValueError, it makes the job-file problem point
+    at that key's line (`job.yaml:3: kafka.bootstrap_server: ...`) rather than
+    at the mapping holding it (`kanal.core.places.Problems.pydantic`).
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class KanalError(Exception):
     """Base of every error Kanal raises on purpose; its message is safe to show."""
 

@@ -19,7 +19,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kanal.core.embedded import EmbeddedBroker
-from kanal.core.errors import BrokerUnavailable, register_secret
+from kanal.core.errors import BrokerUnavailable, InvalidKey, register_secret
+from kanal.core.places import did_you_mean
 
 log = logging.getLogger("kanal.kafka")
 # librdkafka reports every refused connection while it retries; keep that out
@@ -47,9 +48,11 @@ class KafkaSettings(BaseModel):
     def _check_passthrough(self) -> KafkaSettings:
         for key, value in (self.model_extra or {}).items():
             if "." not in key:
-                raise ValueError(f"unknown setting {key!r} (librdkafka settings contain a dot, e.g. security.protocol)")
+                known = [f.alias or name for name, f in type(self).model_fields.items()]
+                raise InvalidKey(key, f"unknown setting {key!r} (known: {', '.join(known)}; librdkafka settings "
+                                      f"contain a dot, e.g. security.protocol){did_you_mean(key, known)}")
             if not isinstance(value, str | int | float | bool):
-                raise ValueError(f"{key}: must be a string, number or boolean")
+                raise InvalidKey(key, "must be a string, number or boolean")
             if key in _SECRET_KEYS:
                 register_secret(str(value))
         return self

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from kanal.core.errors import ConfigError, is_secret_name
+from kanal.core.errors import ConfigError, InvalidKey, is_secret_name
 
 Loc = tuple[str | int, ...]
 """A path inside a document: keys and list positions, `("sinks", 0, "config")`."""
@@ -143,6 +143,9 @@ class Problems:
         unions: dict[Loc, list[tuple[Loc, ErrorDetails]]] = {}
         for err in exc.errors():
             loc, union_at = _real_loc(err, data)
+            error = (err.get("ctx") or {}).get("error")
+            if isinstance(error, InvalidKey):
+                loc = (*loc, error.key)
             if union_at is None:
                 self.add((*base, *loc), _wording(err, model, loc))
             else:

@@ -155,6 +155,13 @@ def test_a_problem_is_reported_at_its_own_line(tmp_path: Path, env: pytest.Monke
     ]
 
 
+def test_a_validator_complaining_about_one_key_points_at_that_key(tmp_path: Path, env: pytest.MonkeyPatch) -> None:
+    found = problems(write(tmp_path, erp.job().replace("bootstrap_servers: embedded", "bootstrap_server: embedded")))
+    assert len(found) == 1
+    assert found[0].startswith("job.yaml:4: kafka.bootstrap_server: unknown setting 'bootstrap_server' (known: ")
+    assert found[0].endswith("did you mean 'bootstrap_servers'?")
+
+
 # 5. a connector package that fails to import -----------------------------------
 
 
