@@ -428,7 +428,7 @@ class ProgressDisplay:
         counts = tuple((e.done, e.read, e.delivered, e.dead) for e in sample.entities)
         due = sample.at - self._last_line >= self.interval_s
         moved = counts != self._last_counts and bool(sample.entities)
-        if said != self._last_said or (due or final) and moved or due and sample.waits:
+        if said != self._last_said or ((due or final) and moved) or (due and bool(sample.waits)):
             self._last_line, self._last_said, self._last_counts = sample.at, said, counts
             yield self.view.line(sample, self._rates, elapsed)
 
