@@ -259,6 +259,16 @@ def test_settings_a_system_refuses_exit_2_at_their_place(cli, dbs) -> None:
     assert "job 'erp-to-shop': its state" in locked.stderr and "is in use by another kanal process" in locked.stderr
 
 
+def test_a_setting_refused_while_running_gets_its_place_on_the_source_or_a_sink(
+    tmp_path: Path, env: pytest.MonkeyPatch
+) -> None:
+    loaded = load_job(write(tmp_path, erp.job()))
+    for sink, place in ((None, "job.yaml:9: source.entities.products"), ("shop", "job.yaml:16: sinks[0].entities.products")):
+        with pytest.raises(ConfigError) as info, loaded.at("products", sink=sink):
+            raise ConfigError("postgres: table public.x does not exist")
+        assert info.value.message == f"{place}: postgres: table public.x does not exist"
+
+
 def test_help_lists_the_exit_codes() -> None:
     from click.testing import CliRunner
 
