@@ -157,7 +157,8 @@ class Problems:
             if not inside:
                 accepted = " or ".join(dict.fromkeys(_accepts(err) for _, err in errs))
                 value = errs[0][1]["input"]
-                got = f", got {value!r}" if _is_scalar(value) else f", got {_kind(value)}"
+                secret = is_secret_name(next((str(p) for p in reversed(at) if isinstance(p, str)), ""))
+                got = f", got {value!r}" if _is_scalar(value) and not secret else f", got {_kind(value)}"
                 self.add((*base, *at), f"must be {accepted}{got}")
 
 
