@@ -346,7 +346,7 @@ def sync(
             report = run_sync(loaded, schedule=schedule, once=once, stop=stop, console=err, quiet=quiet,
                               verbose=ctx.obj["verbose"])
     if as_json:
-        return _json(reports.stream_document("sync", report))
+        return _json(reports.stream_document("sync", report, list(loaded.source_entities)))
     _print_stream(report, job)
 
 
@@ -369,7 +369,7 @@ def run(ctx: click.Context, job: str, quiet: bool, as_json: bool) -> None:
                               console=err, quiet=quiet, verbose=ctx.obj["verbose"],
                               on_migrated=None if as_json else lambda migrated: _print_report(migrated, job))
     if as_json:
-        return _json(reports.stream_document("run", report))
+        return _json(reports.stream_document("run", report, list(loaded.source_entities)))
     _print_stream(report, job)
 
 

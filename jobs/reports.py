@@ -28,9 +28,12 @@ from kanal.jobs.migrate import MigrationReport
 from kanal.jobs.stream import StreamReport
 
 
-def entities(metrics: Metrics | None) -> dict[str, Any]:
+def entities(metrics: Metrics | None, names: list[str] | None = None) -> dict[str, Any]:
+    """Counts per entity and sink; `names`: entities listed even when nothing of them moved (zeros)."""
     if metrics is None:
         return {}
+    for name in names or []:
+        metrics.entity(name)
     return {
         name: {
             "read": c.read,
@@ -68,7 +71,8 @@ def migrate_document(report: MigrationReport) -> dict[str, Any]:
     return finished("migrate", migration(report))
 
 
-def stream_document(command: str, report: StreamReport) -> dict[str, Any]:
+def stream_document(command: str, report: StreamReport, names: list[str]) -> dict[str, Any]:
+    """A stream's document; `names`: the job's entities, each listed (a quiet entity with zeros)."""
     return finished(command, {
         "job": report.job,
         "schedule": report.schedule,
@@ -76,7 +80,7 @@ def stream_document(command: str, report: StreamReport) -> dict[str, Any]:
         "reads": report.reads,
         "changes": report.changes,
         "position": report.position,
-        "entities": entities(report.metrics),
+        "entities": entities(report.metrics, names),
         "migration": migration(report.migrated) if report.migrated is not None else None,
     })  # fmt: skip
 
