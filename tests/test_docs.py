@@ -76,6 +76,14 @@ def test_schema_accepts_every_example_job(validator: jsonschema.Draft202012Valid
         assert errors == [], f"{path.relative_to(ROOT)} does not match `kanal schema`"
 
 
+def test_schema_accepts_the_readme_job(validator: jsonschema.Draft202012Validator) -> None:
+    readme = (ROOT / "README.md").read_text()
+    jobs = [block for block in re.findall(r"```yaml\n(.*?)```", readme, re.S) if block.startswith("# job.yaml")]
+    assert jobs, "README.md shows no job file starting with '# job.yaml'"
+    for block in jobs:
+        assert [e.message for e in validator.iter_errors(yaml.safe_load(block))] == []
+
+
 def test_schema_refuses_mistakes_in_connector_options(validator: jsonschema.Draft202012Validator) -> None:
     good = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
 
