@@ -9,11 +9,12 @@
   `stall_s`.
 
 Asking systems takes time and may hang (a host that drops packets), so it
-never happens in a request: a `Monitor` thread asks every `every_s` with its
-own connections (never the run's, which belong to the run's threads) and
-requests read what it found. A probe that itself hangs makes the job not
-ready. The server and the monitor are daemon threads that catch their own
-errors: observing a run never blocks or ends it.
+never happens in a request: a `Monitor` thread asks every `every_s` (and at
+once when a run starts or ends) with connections of its own, opened for the
+question and closed after it (never the run's, which belong to the run's
+threads), and requests read what it found. A probe that itself hangs makes
+the job not ready. The server and the monitor are daemon threads that catch
+their own errors: observing a run never blocks or ends it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -34,91 +35,64 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from kanal.core.connector import DeltaReader, Sink, Source
 from kanal.core.errors import ConfigError, KanalError, redact
 from kanal.core.kafka import KafkaConnection
 from kanal.core.telemetry.collector import KanalCollector
 from kanal.core.telemetry.live import TELEMETRY, LiveRun, Observed, Telemetry
-from kanal.jobs.load import LoadedJob
+from kanal.jobs.load import LoadedJob, SinkPlan
 from kanal.jobs.pipeline import delta_context
 from kanal.jobs.runtime import make_source
 
 READY_STALL_S = 180.0
 """Default `--ready-stall-s`: longer than a batch through a rate-limited API takes, short enough to page someone."""
-PROBE_S = 2.0
+PROBE_S = 5.0
 """How often the monitor asks the broker, the source and the sinks: one light call each (`select 1`, a
-metadata request, an API's cheapest query), so a readiness probe sees an outage within seconds."""
+metadata request, an API's cheapest query) on a new connection, so a readiness probe (every 10 s in
+deploy/kubernetes) sees an outage at its next look."""
 LAG_EVERY_S = 10.0
 """How often the monitor reads the consumer groups' lag: each read opens a consumer per sink and entity."""
 _PROBE_TIMEOUT_S = 5.0
 log = logging.getLogger("kanal.service")
 
 
-class _Probes:
-    """One job's own connections for asking its systems, opened on first use and dropped when they fail."""
-
-    def __init__(self, loaded: LoadedJob) -> None:
-        self.loaded = loaded
-        self._admin: tuple[str, AdminClient] | None = None
-        self._source: Source | None = None
-        self._reader: DeltaReader | None = None
-        self._sinks: dict[str, Sink] = {}
-
-    def broker(self, kafka: KafkaConnection) -> None:
-        if self._admin is None or self._admin[0] != kafka.bootstrap:
-            self._admin = (kafka.bootstrap, AdminClient(kafka.config()))
-        try:
-            self._admin[1].list_topics(timeout=_PROBE_TIMEOUT_S)
-        except Exception as exc:
-            self._admin = None
-            raise KanalError(f"kafka {kafka.bootstrap}: not reachable ({exc})") from None
-
-    def source(self) -> dict[str, float]:
-        """Reach the source; its own figures (`DeltaReader.gauges`) when the job streams."""
-        try:
-            if self._source is None:
-                self._source = make_source(self.loaded)
-            self._source.check()
-            context = delta_context(self.loaded)
-            if context is None:
-                return {}
-            if self._reader is None:
-                self._reader = self._source.delta(context)
-            return self._reader.gauges()
-        except Exception:
-            self._close_source()
-            raise
-
-    def sink(self, name: str) -> None:
-        plan = next(p for p in self.loaded.sinks if p.name == name)
-        assert plan.connector.sink is not None
-        try:
-            if name not in self._sinks:
-                self._sinks[name] = plan.connector.sink(plan.config)
-            self._sinks[name].check()
-        except Exception:
-            _quietly(self._sinks.pop(name, None))
-            raise
-
-    def _close_source(self) -> None:
-        _quietly(self._reader)
-        _quietly(self._source)
-        self._reader = self._source = None
-
-    def close(self) -> None:
-        self._close_source()
-        for sink in self._sinks.values():
-            _quietly(sink)
-        self._sinks.clear()
-
-
-def _quietly(thing: Source | Sink | DeltaReader | None) -> None:
-    if thing is None:
-        return
+def reach_broker(kafka: KafkaConnection) -> None:
+    """A metadata request to the job's broker."""
     try:
-        thing.close()
-    except Exception:  # noqa: BLE001 - closing what already failed
-        log.debug("closing a probe connection failed", exc_info=True)
+        AdminClient(kafka.config()).list_topics(timeout=_PROBE_TIMEOUT_S)
+    except Exception as exc:
+        raise KanalError(f"kafka {kafka.bootstrap}: not reachable ({exc})") from None
+
+
+def reach_source(loaded: LoadedJob) -> dict[str, float]:
+    """Reach the source with a connection of its own; its figures (`DeltaReader.gauges`) when the job streams.
+
+    A new instance every time, closed at once: a probe must reach the system
+    now, and some connectors' `check` answers from what it learnt the first
+    time (a shop's currency).
+    """
+    source = make_source(loaded)
+    try:
+        source.check()
+        context = delta_context(loaded)
+        if context is None:
+            return {}
+        reader = source.delta(context)
+        try:
+            return reader.gauges()
+        finally:
+            reader.close()
+    finally:
+        source.close()
+
+
+def reach_sink(plan: SinkPlan) -> None:
+    """Reach a sink's system with a new instance (see `reach_source`); nothing is prepared or written."""
+    assert plan.connector.sink is not None
+    sink = plan.connector.sink(plan.config)
+    try:
+        sink.check()
+    finally:
+        sink.close()
 
 
 def _reason(what: str, exc: BaseException) -> str:
@@ -134,24 +108,25 @@ class Monitor:
     ) -> None:
         self.jobs = {j.name: j for j in jobs}
         self.stall_s, self.every_s, self.telemetry = stall_s, every_s, telemetry
-        self._probes = {name: _Probes(j) for name, j in self.jobs.items()}
         self._observed = Observed(problems={name: ["not checked yet"] for name in self.jobs})
         self._lag: dict[tuple[str, str, str], int] = {}
         self._lag_at = 0.0
         self._asking: tuple[str, str, float] | None = None  # (job, what, since): the probe under way
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        """Set when a run starts or ends (`Telemetry.listen`), so a new run is looked at at once."""
         self._thread = threading.Thread(target=self._loop, name="kanal-monitor", daemon=True)
 
     def start(self) -> Monitor:
+        self.telemetry.listen(self._wake)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        self.telemetry.unlisten(self._wake)
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=2 * _PROBE_TIMEOUT_S)
-        if not self._thread.is_alive():
-            for probes in self._probes.values():
-                probes.close()
 
     def observed(self) -> Observed:
         return self._observed
@@ -180,11 +155,12 @@ class Monitor:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 self.observe()
             except Exception:  # noqa: BLE001 - observing must never end; the next round tries again
                 log.exception("monitor round failed")
-            self._stop.wait(self.every_s)
+            self._wake.wait(self.every_s)
 
     def observe(self) -> Observed:
         """One round: ask every job's systems; the findings replace the previous round's at once."""
@@ -206,12 +182,12 @@ class Monitor:
         return self._observed
 
     def _ask(self, run: LiveRun, loaded: LoadedJob, source: dict[tuple[str, str], float]) -> list[str]:
-        probes, found = self._probes[run.job], []
-        checks: list[tuple[str, Any]] = []
+        found: list[str] = []
+        checks: list[tuple[str, Callable[[], object]]] = []
         if run.kafka is not None:
-            checks.append(("broker", lambda k=run.kafka: probes.broker(k)))
-        checks.append(("source", lambda: source.update({(run.job, k): v for k, v in probes.source().items()})))
-        checks.extend((f"sink {p.name}", lambda n=p.name: probes.sink(n)) for p in loaded.sinks)
+            checks.append(("broker", lambda k=run.kafka: reach_broker(k)))
+        checks.append(("source", lambda: source.update({(run.job, k): v for k, v in reach_source(loaded).items()})))
+        checks.extend((f"sink {p.name}", lambda p=p: reach_sink(p)) for p in loaded.sinks)
         for what, check in checks:
             self._asking = (run.job, what, time.time())
             try:

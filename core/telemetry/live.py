@@ -117,6 +117,21 @@ class Telemetry:
         self._writes: dict[tuple[str, str, str], WriteTimes] = {}
         self._last_write: dict[tuple[str, str, str], float] = {}
         self._retries: dict[tuple[str, str], int] = defaultdict(int)
+        self._listeners: set[threading.Event] = set()
+
+    def listen(self, event: threading.Event) -> None:
+        """Set `event` whenever a run starts or ends (a monitor looks at once instead of at its next round)."""
+        with self._lock:
+            self._listeners.add(event)
+
+    def unlisten(self, event: threading.Event) -> None:
+        with self._lock:
+            self._listeners.discard(event)
+
+    def _changed(self) -> None:
+        """Caller holds the lock."""
+        for event in self._listeners:
+            event.set()
 
     @contextmanager
     def track(
@@ -126,6 +141,7 @@ class Telemetry:
         run = LiveRun(job, phase, metrics, pending, kafka)
         with self._lock:
             self._live[job] = run
+            self._changed()
         try:
             yield run
         finally:
@@ -133,6 +149,7 @@ class Telemetry:
             with self._lock:
                 if self._live.get(job) is run:
                     del self._live[job]
+                self._changed()
                 ended = self._ended[job]
                 for key, n in counts.items():
                     ended[key] = ended.get(key, 0) + n
