@@ -21,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from kanal.core import logs
 from kanal.core.embedded import free_port
 from kanal.core.errors import Unreachable, register_secret
+from kanal.core.http.budget import BudgetSpec, budget_for, fingerprint
+from kanal.core.http.lanes import Lane
 from kanal.core.progress import Metrics
 from kanal.core.retry import RetryPolicy, call_with_retry
 from kanal.core.telemetry.live import TELEMETRY, Telemetry
@@ -203,6 +205,19 @@ def test_counters_only_grow_across_phases_and_a_stalled_run_is_not_ready(tmp_pat
         telemetry.wrote("counted", "products", "out", 0.02)
         assert not stalled()
     assert telemetry.live("counted") is None
+
+
+def test_rate_limit_waits_of_the_http_kit_are_served(tmp_path: Path) -> None:
+    budget = budget_for("https://metered.example", fingerprint("token"), BudgetSpec(capacity=1, refill_per_s=50))
+    budget.acquire(Lane.DELTA)
+    budget.acquire(Lane.DELTA)  # the bucket holds one request: the second waits for the refill
+    budget.throttle(0.0, empty=False)
+    found = samples(generate_latest(registry_for(Monitor([load_job(_files_job(tmp_path))]))).decode())
+    label = frozenset({"budget": "https://metered.example requests"}.items())
+    assert found[("kanal_rate_limit_requests_total", label)] == 2
+    assert found[("kanal_rate_limit_waits_total", label)] == 1
+    assert found[("kanal_rate_limit_wait_seconds_total", label)] > 0
+    assert found[("kanal_rate_limit_throttled_total", label)] == 1
 
 
 def test_deployment_manifests_parse_and_probe_the_service() -> None:
