@@ -17,6 +17,11 @@ filter. Everything that makes polling lose nothing lives here:
   position: a restarted job hands nothing out twice either (polars keeps
   its row hash stable within a version; after an upgrade the window's rows
   may go out once more, which the sinks' version check makes harmless).
+  When a fetch names each row (`IDENTITY`: its primary key), a row is
+  dropped only if its content equals what was last handed out *for that
+  row*: a row whose cursor stays put while it changes (stamped in the
+  future, or by `greatest(updated_at, now())`) and goes back to an earlier
+  content is handed out again, not taken for a re-read.
 * **Paging.** When a page is full, the next read continues strictly after its
   last (cursor, tiebreak) pair, so any number of rows sharing one cursor
   value (a bulk update stamps them all with one `now()`) pass in pages.
@@ -50,8 +55,12 @@ from kanal.core.connector import OP, UPSERT, VERSION, Changes, CursorDelta, Delt
 TIEBREAK = "_kanal_tiebreak"
 """Text column of fetched rows that orders rows sharing one cursor value (dropped before handing out)."""
 
+IDENTITY = "_kanal_identity"
+"""Optional text column of fetched rows naming the row (its primary key); dropped before handing out."""
+
 _HASH = "_kanal_hash"
-_SEEN = {_HASH: pl.UInt64, VERSION: pl.Int64}
+_PREVIOUS = "_kanal_previous_hash"
+_SEEN = {_HASH: pl.UInt64, VERSION: pl.Int64, IDENTITY: pl.String}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -82,8 +91,9 @@ class CursorReader(DeltaReader):
     """Polls entities by a change column; subclasses implement `fetch` (and may add `check`, `status`).
 
     Position: ``{"cursors": {entity: mark}, "seen": {entity: [[hash,
-    version], ...]}, "after": {entity: [cursor, tiebreak]}}`` (times in
-    epoch microseconds; `after` only while paging).
+    version, identity], ...]}, "after": {entity: [cursor, tiebreak]}}``
+    (times in epoch microseconds; identity null when the fetch names no
+    rows; `after` only while paging).
     """
 
     def __init__(self, entities: Mapping[str, CursorDelta], page_rows: int) -> None:
@@ -99,6 +109,8 @@ class CursorReader(DeltaReader):
         tiebreak) order; `limit` 0 asks only for the clock. The tiebreak must
         tell apart every two rows of different content sharing one cursor
         value, and stay the same for a row whose content does not change.
+        Rows may carry `IDENTITY` (see the module) where the source has a
+        key that is never NULL.
         """
 
     def start(self) -> dict[str, Any]:
@@ -134,20 +146,21 @@ class CursorReader(DeltaReader):
             since, tiebreak = window.after or (window.mark - overlap, None)
             page = self.fetch(entity, since, tiebreak, self.page_rows)
             rows = page.rows.with_columns(
-                cursor_version(pl.col(delta.cursor)).alias(VERSION), page.rows.drop(TIEBREAK).hash_rows().alias(_HASH)
+                cursor_version(pl.col(delta.cursor)).alias(VERSION),
+                page.rows.drop(TIEBREAK, IDENTITY, strict=False).hash_rows().alias(_HASH),
             )
+            if IDENTITY not in rows.columns:
+                rows = rows.with_columns(pl.lit(None, pl.String).alias(IDENTITY))
             full = rows.height >= self.page_rows
             window.after = (int(rows.get_column(VERSION)[-1]), str(rows.get_column(TIEBREAK)[-1])) if full else None
             newest = window.mark if rows.is_empty() else max(window.mark, int(rows.get_column(VERSION).max()))  # type: ignore[arg-type]
             window.mark = min(newest, page.clock)
-            fresh = rows.filter(~pl.col(_HASH).is_in(window.seen.get_column(_HASH).implode()))
-            window.seen = (
-                pl.concat([window.seen, fresh.select(_HASH, VERSION)])
-                .unique(_HASH, keep="last", maintain_order=True)
-                .filter(pl.col(VERSION) >= window.mark - overlap)
+            fresh = _not_handed_out(rows, window.seen)
+            window.seen = _last_handed_out(pl.concat([window.seen, fresh.select(list(_SEEN))])).filter(
+                pl.col(VERSION) >= window.mark - overlap
             )
             if not fresh.is_empty() or not full:
-                return fresh.drop(_HASH, TIEBREAK).with_columns(pl.lit(UPSERT).alias(OP))
+                return fresh.drop(_HASH, TIEBREAK, IDENTITY).with_columns(pl.lit(UPSERT).alias(OP))
 
     def _seen(self, entity: str, seen: dict[str, Any]) -> pl.DataFrame:
         """The hashes the position holds, as a frame (reused while the position is the one last returned)."""
@@ -155,6 +168,8 @@ class CursorReader(DeltaReader):
         cached = self._seen_cache.get(entity)
         if cached is not None and cached[0] is pairs:
             return cached[1]
+        if pairs and len(pairs[0]) == 2:  # a position stored before rows were named
+            pairs = [[*pair, None] for pair in pairs]
         return pl.DataFrame(pairs, schema=_SEEN, orient="row")
 
     def describe(self, position: dict[str, Any]) -> str:
@@ -163,6 +178,29 @@ class CursorReader(DeltaReader):
             f"{entity} {_iso(int(mark))}" + (" (paging)" if entity in paging else "")
             for entity, mark in sorted(position["cursors"].items())
         )
+
+
+def _not_handed_out(rows: pl.DataFrame, seen: pl.DataFrame) -> pl.DataFrame:
+    """Rows whose content is not what was last handed out for them (by identity where named, else by any row)."""
+    named = pl.col(IDENTITY).is_not_null()
+    last = seen.filter(named).select(IDENTITY, pl.col(_HASH).alias(_PREVIOUS))
+    changed = (
+        rows.filter(named)
+        .join(last, on=IDENTITY, how="left", maintain_order="left")
+        .filter(pl.col(_PREVIOUS).is_null() | (pl.col(_PREVIOUS) != pl.col(_HASH)))
+        .drop(_PREVIOUS)
+    )
+    unnamed = rows.filter(~named & ~pl.col(_HASH).is_in(seen.get_column(_HASH).implode()))
+    return pl.concat([unnamed, changed])
+
+
+def _last_handed_out(seen: pl.DataFrame) -> pl.DataFrame:
+    """One entry per named row (its last content handed out), one per content for unnamed rows."""
+    named = pl.col(IDENTITY).is_not_null()
+    return pl.concat([
+        seen.filter(~named).unique(_HASH, keep="last", maintain_order=True),
+        seen.filter(named).unique(IDENTITY, keep="last", maintain_order=True),
+    ])  # fmt: skip
 
 
 def cursor_version(cursor: pl.Expr) -> pl.Expr:

@@ -13,6 +13,10 @@ key to find; views have no `ctid`), it stays put when a row does not change
 which could skip a row mid-paging), and two rows with the same text are the
 same record for every later step anyway.
 
+Identity: the primary key's text, where the relation has one (a view has
+none): the generic reader then tells a re-read from a row that changed back
+to an earlier content while its cursor stayed put.
+
 Clock: `clock_timestamp()`, held back to the start of the oldest transaction
 in this database that has written (has an xid) and not committed, read
 *before* the page. Such a transaction's rows carry its start (`now()`) as
@@ -43,7 +47,7 @@ from kanal.connectors.postgres.config import PostgresSourceOptions
 from kanal.connectors.postgres.db import connect, translated
 from kanal.connectors.postgres.rows import read_rows
 from kanal.core.connector import CursorDelta, DeltaContext
-from kanal.core.cursor import TIEBREAK, CursorPage, CursorReader
+from kanal.core.cursor import IDENTITY, TIEBREAK, CursorPage, CursorReader
 from kanal.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -57,6 +61,11 @@ select (extract(epoch from clock_timestamp()) * 1000000)::int8,
        (extract(epoch from min(xact_start)) * 1000000)::int8
 from pg_stat_activity
 where datname = current_database() and pid <> pg_backend_pid() and backend_xid is not null
+"""
+
+_PRIMARY_KEY = """
+select array(select a.attname from unnest(i.indkey) k join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k)
+from pg_index i where i.indrelid = %s::regclass and i.indisprimary
 """
 
 _LONG_TRANSACTIONS = """
@@ -78,6 +87,7 @@ class PostgresCursorReader(CursorReader):
             self.options[entity] = options
         super().__init__({e: o.delta for e, o in self.options.items()}, source.config.delta_rows)  # type: ignore[misc]
         self._conn: psycopg.Connection | None = None
+        self._identities: dict[str, str | None] = {}
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -128,7 +138,21 @@ class PostgresCursorReader(CursorReader):
             condition += f" and ({options.where})"
         where = f"{self.system} ({options.schema_name}.{options.table}, cursor {self.cursors[entity].cursor})"
         tail = f" order by {cursor}, {row_hash} limit {limit}"
-        return CursorPage(read_rows(self._connection(), where, options, columns, condition, tail, {TIEBREAK: row_hash}), clock)
+        computed = {TIEBREAK: row_hash}
+        identity = self._identity(entity)
+        if identity is not None:
+            computed[IDENTITY] = identity
+        return CursorPage(read_rows(self._connection(), where, options, columns, condition, tail, computed), clock)
+
+    def _identity(self, entity: str) -> str | None:
+        """The SQL text of a row's primary key (None for a relation without one), looked up once per entity."""
+        if entity not in self._identities:
+            options = self.options[entity]
+            with translated(self.system):
+                row = self._connection().execute(_PRIMARY_KEY, (f'"{options.schema_name}"."{options.table}"',)).fetchone()
+            names = row[0] if row else None
+            self._identities[entity] = "row(" + ", ".join(f'"{n}"' for n in names) + ")::text" if names else None
+        return self._identities[entity]
 
     def _long_transactions(self) -> list[str]:
         """Transactions open on the source longer than some entity's overlap, for people."""

@@ -99,6 +99,33 @@ def test_a_row_stamped_in_the_future_does_not_hide_later_changes(dbs: Databases)
         source.close()
 
 
+def test_a_row_changed_back_while_its_cursor_stays_put_is_handed_out_again(dbs: Databases) -> None:
+    """An ERP stamping `greatest(updated_at, now())` keeps a future cursor while the row changes: 1, 2, then 1 again.
+
+    The third content equals the first, which was handed out under the same
+    cursor; only the row's own last content (2) may count as a re-read, or
+    the targets keep 2 while the source holds 1.
+    """
+    _aged(dbs, 5)
+    source, reader = _reader(dbs, overlap_s=1)
+    row = "where sku = 'P1' and location = 'A'"
+    dbs.erp_sql(f"update erp_stock set updated_at = now() + interval '1 day' {row}")  # a clock ahead, once
+    try:
+        position = reader.start()
+        handed = []
+        for on_hand in (1, 2, 1):
+            dbs.erp_sql(f"update erp_stock set on_hand = {on_hand}, updated_at = greatest(updated_at, now()) {row}")
+            changes = reader.read(position)
+            frame = changes.frames.get("stock_levels")
+            handed.append(None if frame is None else frame.get_column("on_hand").to_list())
+            position = json.loads(json.dumps(changes.position))  # as stored: across a restart too
+        assert handed == [["1.000"], ["2.000"], ["1.000"]]
+        assert reader.read(position).frames == {}  # and a plain re-read is still dropped
+    finally:
+        reader.close()
+        source.close()
+
+
 def test_a_transaction_open_longer_than_the_overlap_is_reported_and_its_rows_found(dbs: Databases) -> None:
     """Rows carry their transaction's start (`now()`): the cursor waits for a writing transaction still open."""
     _aged(dbs, 5)
