@@ -213,6 +213,51 @@ def _graceful() -> Iterator[threading.Event]:
 
 @main.command()
 @JOB
+@click.option("--entity", help="Only this entity (default: every entity a sink takes).")
+@click.option("--repair", is_flag=True, help="Write exactly the drifted keys to the sinks (deletes for extra ones), then verify again.")
+@click.option("--keys", "shown", type=click.IntRange(0, None), default=10, show_default=True, metavar="N",
+              help="Keys listed per kind of drift in the table (--json lists them all, up to 10,000).")
+@AS_JSON
+@handled
+def verify(job: str, entity: str | None, repair: bool, shown: int, as_json: bool) -> None:
+    """Compare what the source and each sink hold, per entity and key: missing, extra, different.
+
+    Exit 1 when drift is found (with --repair: drift left after the repair).
+    """
+    from kanal.jobs.verify import verify as verify_job
+
+    report = verify_job(_load(job), entity, repair=repair)
+    if as_json:
+        _json(report.as_dict())
+    else:
+        if report.repaired is not None:
+            _print_drift("before repair", report.repaired, shown)
+        _print_drift("after repair" if report.repaired is not None else None, report.drifts, shown)
+    if report.drifted:
+        sys.exit(1)
+
+
+def _print_drift(title: str | None, drifts: list[Any], shown: int) -> None:
+    table = Table(title=title, title_justify="left")
+    for name in ("sink", "entity", "source", "sink rows", "missing", "extra", "different"):
+        table.add_column(name, justify="right" if name not in ("sink", "entity") else "left")
+    for d in drifts:
+        counts = [str(len(k)) if d.note is None or d.sink_rows else "-" for k in (d.missing, d.extra, d.different)]
+        table.add_row(d.sink, d.entity, f"{d.source_rows:,}", f"{d.sink_rows:,}", *counts)
+    out.print(table)
+    for d in drifts:
+        if d.note:
+            out.print(Text(f"  {d.sink} {d.entity}: {d.note}"))
+        for kind, keys in (("missing", d.missing), ("extra", d.extra), ("different", d.different)):
+            if keys and shown:
+                more = f" (+{len(keys) - shown:,} more)" if len(keys) > shown else ""
+                out.print(Text(f"  {d.sink} {d.entity} {kind}: {', '.join(keys[:shown])}{more}"))
+    if not any(d.drifted for d in drifts):
+        out.print(styled("no drift", "green"))
+
+
+@main.command()
+@JOB
 @AS_JSON
 @handled
 def validate(job: str, as_json: bool) -> None:

@@ -36,6 +36,7 @@ Sink::
     sink.prepare(entity, opts)       # create a missing table, learn the target
     result = sink.write(entity, opts, frame, batch_id)  # idempotent, version-checked
     sink.finish(entity, opts)        # after a migration: build deferred indexes
+    sink.read_back(entity, opts)     # `kanal verify`: what the target holds (None: cannot tell)
     sink.close()
 
 `opts` is the connector's per-entity options model (`entity_options`), parsed
@@ -391,6 +392,17 @@ class Sink(ABC):
         `batch_id` is stable across re-deliveries only when the sink declared
         `stable_batches` (see Capabilities); otherwise it is for logs.
         """
+
+    def read_back(self, entity: str, options: EntityOptions) -> pl.DataFrame | None:
+        """Every record of `entity` the target holds now, for `kanal verify` (called without `prepare`: nothing is created).
+
+        Returns the target's canonical columns it has (values as text, or
+        canonical types) and `_kanal_version` where the target keeps one
+        (NULL otherwise); deleted records are not in it. None: the sink
+        cannot read its target back (the default), so `kanal verify` says
+        so instead of comparing.
+        """
+        return None
 
     def finish(self, entity: str, options: EntityOptions) -> str | None:  # noqa: B027 - optional hook
         """A migration delivered every record of `entity`: build what was deferred.

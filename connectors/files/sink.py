@@ -26,13 +26,16 @@ from urllib.parse import quote
 import polars as pl
 
 from kanal.connectors.files.config import FilesConfig, FilesSinkOptions, Format
-from kanal.connectors.files.formats import SUFFIXES, SYSTEM, disk_error, write
-from kanal.core.connector import OP, VERSION, EntityOptions, Sink, WriteResult
+from kanal.connectors.files.formats import SUFFIXES, SYSTEM, disk_error, read, write
+from kanal.core.connector import OP, UPSERT, VERSION, EntityOptions, Sink, WriteResult
 from kanal.core.errors import BatchRejected, ConnectorError
+from kanal.core.model import entity as canonical
+from kanal.core.validate import KEY
 
 INTERNAL_PREFIX = "_kanal_"
 """Columns the engine adds (`_kanal_key`); they are not written."""
 _MAX_STEM = 200
+_ORDER = "_kanal_file_order"
 
 
 def file_stem(batch_id: str) -> str:
@@ -96,6 +99,36 @@ class FilesSink(Sink):
             raise ConnectorError(SYSTEM, f"cannot write {target} as {fmt}: {reason}") from None
         return WriteResult(written=data.height)
 
+    def read_back(self, entity: str, options: EntityOptions) -> pl.DataFrame:
+        """What the files hold now: the snapshot files, overlaid per key by the change log's newest record.
+
+        Change records are ordered by version, then by file time (a repair
+        written later at an equal version wins); a delete removes its key.
+        """
+        fmt = self.format(options)
+        folder = self.folder(entity, options)
+        model = canonical(entity)
+        base = self._read_all(sorted(folder.glob(f"*{SUFFIXES[fmt]}")), fmt)
+        changes = self._read_all(sorted((folder / "changes").glob(f"*{SUFFIXES[fmt]}"), key=_mtime), fmt, ordered=True)
+        empty = pl.DataFrame(schema={**{f.name: pl.String for f in model.fields}, VERSION: pl.Int64})
+        base = pl.concat([empty, base], how="diagonal_relaxed") if base is not None else empty
+        if changes is None:
+            return base.with_columns(pl.col(VERSION).cast(pl.Int64))
+        changes = pl.concat([empty, changes], how="diagonal_relaxed").with_columns(model.key_expr())
+        newest = changes.sort([VERSION, _ORDER], nulls_last=False).unique(KEY, keep="last", maintain_order=True)
+        kept = base.with_columns(model.key_expr()).join(newest.select(KEY), on=KEY, how="anti")
+        upserts = newest.filter(pl.col(OP) == UPSERT)
+        return pl.concat([kept, upserts], how="diagonal_relaxed").select(empty.columns).with_columns(pl.col(VERSION).cast(pl.Int64))
+
+    def _read_all(self, paths: list[Path], fmt: Format, *, ordered: bool = False) -> pl.DataFrame | None:
+        """Every row of `paths`, as text (`ordered`: with the file's place in the list, in `_ORDER`)."""
+        frames = []
+        for i, path in enumerate(paths):
+            for frame in read(path, fmt, delimiter=self.config.delimiter, encoding=self.config.encoding):
+                text = frame.select(_as_text(frame))
+                frames.append(text.with_columns(pl.lit(i).alias(_ORDER)) if ordered else text)
+        return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
     def folder(self, entity: str, options: EntityOptions) -> Path:
         """The folder that receives `entity`'s files."""
         return self.base / (_sink_options(options).folder or entity)
@@ -103,6 +136,26 @@ class FilesSink(Sink):
     def format(self, options: EntityOptions) -> Format:
         """The format written: the entity's, else the connector's, else parquet."""
         return _sink_options(options).format or self.config.format or "parquet"
+
+
+def _mtime(path: Path) -> tuple[int, str]:
+    return path.stat().st_mtime_ns, path.name
+
+
+def _as_text(frame: pl.DataFrame) -> list[pl.Expr]:
+    """Columns as text (structs as JSON, times in ISO 8601), versions as integers: files of any format compare alike."""
+    out = []
+    for name, dtype in frame.schema.items():
+        col = pl.col(name)
+        if name == VERSION:
+            out.append(col.cast(pl.Int64))
+        elif isinstance(dtype, pl.Struct | pl.List):
+            out.append(col.struct.json_encode() if isinstance(dtype, pl.Struct) else col.cast(pl.String))
+        elif isinstance(dtype, pl.Datetime):
+            out.append(col.dt.to_string("%Y-%m-%dT%H:%M:%S%.f%z") if dtype.time_zone else col.dt.to_string("%Y-%m-%dT%H:%M:%S%.f"))
+        else:
+            out.append(col.cast(pl.String))
+    return out
 
 
 def _sink_options(options: EntityOptions) -> FilesSinkOptions:

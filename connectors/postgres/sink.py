@@ -229,6 +229,36 @@ class PostgresSink(Sink):
         cur.execute(f"truncate {stage}")
         return deleted
 
+    def read_back(self, entity: str, options: EntityOptions) -> pl.DataFrame:
+        """The table's canonical columns (and `_kanal_version`, NULL without it) as text, one `COPY` out."""
+        opts = self._opts(options)
+        model = canonical(entity)
+        with translated(self.system):
+            conn = self._connection()
+            target = ddl.inspect(conn, opts.schema_name, opts.table)
+            columns = [f.name for f in model.fields if target is None or f.name in target.columns]
+            empty = pl.DataFrame(schema={**{c: pl.String for c in columns}, VERSION: pl.Int64})
+            if target is None:
+                conn.rollback()
+                return empty
+            version = f'"{VERSION}"::text' if VERSION in target.columns else "null::text"
+            names = ", ".join(f'"{c}"::text' for c in columns)
+            buf = io.BytesIO()
+            with conn.cursor() as cur:
+                query = f"copy (select {names}, {version} from {target.table}) to stdout {_COPY}"
+                with cur.copy(query) as copy:
+                    for data in copy:
+                        buf.write(data)
+            conn.rollback()
+        if not buf.tell():
+            return empty
+        names_out = [*columns, VERSION]
+        frame = pl.read_csv(
+            buf.getvalue(), has_header=False, new_columns=names_out, schema={c: pl.String for c in names_out},
+            null_values="\\N",
+        )  # fmt: skip
+        return frame.with_columns(pl.col(VERSION).cast(pl.Int64))
+
     def finish(self, entity: str, options: EntityOptions) -> str | None:
         target = self._targets[entity]
         if not target.bulk_load:
