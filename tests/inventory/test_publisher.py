@@ -1,0 +1,119 @@
+"""The channel publisher: coalescing, decreases first, per-key daily caps, never an older value after a newer one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from pathlib import Path
+
+import polars as pl
+
+from kanal.core.channels import ChannelPublisher
+from kanal.core.connector import VERSION, WriteResult
+from kanal.core.model import AVAILABILITY
+from kanal.core.validate import KEY
+
+NOON = dt.datetime(2026, 12, 2, 12, tzinfo=dt.UTC).timestamp()
+
+
+class Clock:
+    def __init__(self, now: float = NOON) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Channel:
+    """The receiving end of `send`: every call with its rows, in the order sent."""
+
+    def __init__(self, refuse: set[str] | None = None) -> None:
+        self.calls: list[pl.DataFrame] = []
+        self.refuse = refuse or set()
+
+    def send(self, frame: pl.DataFrame) -> WriteResult:
+        self.calls.append(frame)
+        failed = frame.filter(pl.col(KEY).is_in(list(self.refuse))).select(KEY, pl.lit("refused").alias("reason"))
+        return WriteResult(written=frame.height - failed.height, failed=failed if failed.height else None)
+
+    def rows(self) -> list[tuple[str, int, int]]:
+        """(key, quantity, version) of every record sent, in order."""
+        return [(k, int(q), v) for call in self.calls for k, q, v in call.select(KEY, "quantity", VERSION).iter_rows()]
+
+
+def updates(*rows: tuple[str, str, int, int]) -> pl.DataFrame:
+    """Availability records (sku, channel, quantity, version) as the delivery hands them over."""
+    frame = pl.DataFrame(rows, schema=["sku", "channel", "quantity", VERSION], orient="row")
+    return frame.with_columns(pl.col("quantity").cast(pl.String), pl.col(VERSION).cast(pl.String).alias("version"),
+                              pl.lit(None, pl.Datetime("us", "UTC")).alias("computed_at"), AVAILABILITY.key_expr())  # fmt: skip
+
+
+def test_a_hundred_updates_inside_the_window_make_one_call_with_the_last_value(tmp_path: Path) -> None:
+    clock, channel = Clock(), Channel()
+    publisher = ChannelPublisher(tmp_path / "out.sqlite", window_s=0.2, clock=clock)
+    for i in range(1, 101):
+        publisher.offer(updates(("A", "web", 100 - i, i)))
+        clock.now += 0.001
+        assert publisher.flush(channel.send).sent == 0  # still inside the window: nothing goes out
+    clock.now += 0.2
+    assert publisher.flush(channel.send).sent == 1
+    assert len(channel.calls) == 1
+    assert channel.rows() == [("A|web", 0, 100)]
+    assert publisher.flush(channel.send).sent == 0 and len(channel.calls) == 1
+
+
+def test_decreases_go_first_biggest_drop_leading(tmp_path: Path) -> None:
+    clock, channel = Clock(), Channel()
+    publisher = ChannelPublisher(tmp_path / "out.sqlite", clock=clock)
+    publisher.offer(updates(("A", "web", 10, 1), ("B", "web", 10, 1), ("C", "web", 10, 1), ("D", "web", 5, 1)))
+    publisher.flush(channel.send, all_ripe=True)
+    channel.calls.clear()
+    publisher.offer(updates(("A", "web", 12, 2), ("B", "web", 0, 2), ("C", "web", 4, 2), ("D", "web", 9, 2)))
+    publisher.flush(channel.send, all_ripe=True)
+    assert [k for k, _, _ in channel.rows()] == ["B|web", "C|web", "A|web", "D|web"]
+
+
+def test_a_daily_cap_per_key_holds_the_newest_value_until_the_next_day(tmp_path: Path) -> None:
+    clock, channel = Clock(), Channel()
+    publisher = ChannelPublisher(tmp_path / "out.sqlite", daily={"marketplace": 3}, clock=clock)
+    for version in range(1, 7):
+        publisher.offer(updates(("M", "marketplace", 50 - version, version), ("W", "web", 50 - version, version)))
+        publisher.flush(channel.send, all_ripe=True)
+    sent = channel.rows()
+    assert [v for k, _, v in sent if k == "M|marketplace"] == [1, 2, 3]
+    assert [v for k, _, v in sent if k == "W|web"] == [1, 2, 3, 4, 5, 6]  # no cap on the web channel
+    assert publisher.waiting() == 1
+    clock.now += 12 * 3600  # midnight UTC passed: the allowance is back, the newest value goes
+    channel.calls.clear()
+    assert publisher.flush(channel.send).sent == 1
+    assert channel.rows() == [("M|marketplace", 44, 6)]
+
+
+def test_never_an_older_value_after_a_newer_one_in_any_arrival_order(tmp_path: Path) -> None:
+    """Versions of 20 keys arrive shuffled, duplicated, in random batches, with random flushes, refusals and restarts."""
+    for seed in range(8):
+        rng = random.Random(seed)
+        clock, channel = Clock(), Channel(refuse={"K3|web"})
+        path = tmp_path / f"out-{seed}.sqlite"
+        publisher = ChannelPublisher(path, window_s=0.2, clock=clock)
+        events = [(f"K{k}", "web", rng.randrange(100), v) for k in range(20) for v in range(1, rng.randrange(2, 30))]
+        newest = {f"K{k}|web": max(v for s, _, _, v in events if s == f"K{k}") for k in range(20)}
+        events += rng.sample(events, len(events) // 4)  # re-deliveries
+        rng.shuffle(events)
+        while events:
+            size = rng.randrange(1, 12)
+            batch, events = events[:size], events[size:]
+            publisher.offer(updates(*batch))
+            clock.now += rng.choice((0.0, 0.05, 0.3))
+            if rng.random() < 0.3:
+                publisher.flush(channel.send)
+            if rng.random() < 0.05:  # a restart: the outbox is read again from its file
+                publisher.close()
+                publisher = ChannelPublisher(path, window_s=0.2, clock=clock)
+        publisher.flush(channel.send, all_ripe=True)
+        last: dict[str, int] = {}
+        for key, _, version in channel.rows():
+            assert version > last.get(key, 0), f"seed {seed}: {key} got version {version} after {last.get(key)}"
+            last[key] = version
+        assert last == newest, f"seed {seed}: the newest value of every key is what the channel got last"
+        publisher.close()
