@@ -654,6 +654,75 @@ def connector_new(name: str, source: bool, sink: bool, parent: str) -> None:
     out.print(f"  then edit {created.package}/ for your system's API (guide: docs/connectors.md in Kanal)")
 
 
+@main.group(invoke_without_command=True)
+@JOB
+@click.option("--store", required=True, help="The store's location code: the location of its movements (e.g. S1).")
+@click.option("--journal", required=True, type=click.Path(file_okay=False),
+              help="Folder of the store's durable journal and local ledger.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8600, show_default=True, help="Port of the HTTP API.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; beyond loopback only with --tls-cert/--tls-key or --insecure.")
+@click.option("--drop", type=click.Path(file_okay=False), help="Also take .json/.csv movement files put in this folder.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), help="Serve HTTPS with this certificate (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="The certificate's private key (PEM).")
+@click.option("--insecure", is_flag=True, help="Allow plain HTTP beyond loopback (a network you trust).")
+@click.pass_context
+@handled
+def edge(ctx: click.Context, job: str, store: str, journal: str, port: int, host: str, drop: str | None,
+         tls_cert: str | None, tls_key: str | None, insecure: bool) -> None:  # fmt: skip
+    """The store agent: takes stock movements while offline, forwards them to Kafka when it can.
+
+    POST /movements (a JSON array of stock_movements), GET /availability/SKU
+    and GET /status, with a bearer token of KANAL_EDGE_TOKENS. See
+    docs/edge.md. `... post FILE` journals files; `... status` shows the backlog.
+    """
+    import os
+
+    from kanal.jobs import edge as edge_job
+    from kanal.jobs import edge_http
+
+    loaded = _load(job)
+    ctx.obj = {"loaded": loaded, "store": store, "journal": Path(journal)}
+    if ctx.invoked_subcommand:
+        return
+    options = edge_job.EdgeOptions(
+        store, Path(journal), host, port, Path(drop) if drop else None, Path(tls_cert) if tls_cert else None,
+        Path(tls_key) if tls_key else None, insecure, edge_http.parse_tokens(os.environ.get(edge_http.TOKENS_ENV)),
+    )  # fmt: skip
+    with _graceful() as stop:
+        edge_http.run(loaded, options, stop, lambda url: _say(
+            f"kanal edge: store {store} serves {url} (journal {journal}); Ctrl-C stops it", loaded.name))
+
+
+@edge.command("post")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.pass_context
+@handled
+def edge_post(ctx: click.Context, files: tuple[str, ...]) -> None:
+    """Journal the movements of FILES (.json arrays or .csv); a running agent forwards them."""
+    from kanal.jobs import edge as edge_job
+
+    loaded, store, journal = ctx.obj["loaded"], ctx.obj["store"], ctx.obj["journal"]
+    try:
+        for path, taken in edge_job.post(loaded, store, journal, [Path(f) for f in files]):
+            out.print(f"{path}: {taken.records} movement(s) journaled ({taken.new} new, {taken.duplicate} duplicate)")
+    except edge_job.Malformed as exc:
+        _error(exc.message)
+        for problem in exc.problems[1:20]:
+            err.print(f"  record {problem.index}: {problem.problem}")
+        sys.exit(1)
+
+
+@edge.command("status")
+@click.pass_context
+@handled
+def edge_status(ctx: click.Context) -> None:
+    """The journal's counts as JSON: movements journaled, and not forwarded yet (backlog)."""
+    from kanal.jobs import edge as edge_job
+
+    _json(edge_job.journal_status(ctx.obj["loaded"], ctx.obj["store"], ctx.obj["journal"]))
+
+
 @main.command()
 @click.option("--port", type=int, default=9092, show_default=True, help="Loopback port to listen on.")
 @handled

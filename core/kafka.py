@@ -307,6 +307,18 @@ class BoundedProducer:
         self._closing.set()
         self._poller.join(timeout=2)
 
+    def abandon(self) -> None:
+        """Drop what is not acknowledged yet and stop, without waiting for a broker that may be gone.
+
+        For callers that keep what they sent until it is acknowledged (a
+        journal): they send it again with a new producer. The dropped
+        messages' delivery reports carry a purge error.
+        """
+        self._producer.purge()
+        self._producer.flush(0)
+        self._closing.set()
+        self._poller.join(timeout=2)
+
 
 @contextlib.contextmanager
 def quiet_rdkafka(verbose: bool) -> Iterator[None]:

@@ -129,6 +129,22 @@ def decode_lines(lines: list[bytes], schema: pl.Schema) -> pl.DataFrame:
     return pl.read_ndjson(io.BytesIO(b"\n".join(lines)), schema=schema)
 
 
+def messages_frame(messages: list[tuple[bytes | None, dict[str, str]]], schema: pl.Schema) -> pl.DataFrame:
+    """The records of one entity's messages, given as (value, headers), as one frame in `schema`.
+
+    Takes both formats (JSON lines of deltas, Arrow batches of migrations);
+    deletes (tombstones) carry no record and are skipped.
+    """
+    lines = [v for v, h in messages if v is not None and h.get(H_OP) != DELETE and h.get(H_FORMAT, "json") == "json"]
+    frames = [decode_arrow(v) for v, h in messages if v is not None and h.get(H_FORMAT) == "arrow"]
+    if lines:
+        frames.append(decode_lines(lines, schema))
+    if not frames:
+        return pl.DataFrame(schema=schema)
+    frame = pl.concat(frames, how="diagonal_relaxed")
+    return frame.select([pl.col(n).cast(t) if n in frame.columns else pl.lit(None, t).alias(n) for n, t in schema.items()])
+
+
 def encode_arrow(frame: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
     frame.write_ipc_stream(buf, compression="lz4")
