@@ -654,7 +654,7 @@ def connector_new(name: str, source: bool, sink: bool, parent: str) -> None:
     out.print(f"  then edit {created.package}/ for your system's API (guide: docs/connectors.md in Kanal)")
 
 
-@main.group(invoke_without_command=True)
+@main.group(invoke_without_command=True, context_settings={"allow_interspersed_args": True})
 @JOB
 @click.option("--store", required=True, help="The store's location code: the location of its movements (e.g. S1).")
 @click.option("--journal", required=True, type=click.Path(file_okay=False),

@@ -367,7 +367,7 @@ class _Forwarder:
                 try:
                     self._round()
                 except Exception as exc:  # noqa: BLE001 - a background thread reports and tries again
-                    log.warning("edge: forwarding failed, trying again: %s", _describe(exc))
+                    log.warning("forwarding failed, trying again: %s", _describe(exc))
                     self._drop_producer(_describe(exc))
                     self.stop.wait(self.retry_s)
         finally:
@@ -403,12 +403,12 @@ class _Forwarder:
         self.producer = BoundedProducer(self.kafka, max_in_flight=self.batch, **{"message.timeout.ms": 0})
         self.state.connected, self.state.error = True, None
         self.topic_ready.set()
-        log.info("edge: connected to kafka %s, forwarding to %s", self.kafka.bootstrap, self.topic)
+        log.info("connected to kafka %s, forwarding to %s", self.kafka.bootstrap, self.topic)
         return True
 
     def _down(self, error: str) -> None:
         if self.state.connected or self.state.error != error:
-            log.warning("edge: %s; movements stay journaled and are forwarded once it answers", error)
+            log.warning("%s; movements stay journaled and are forwarded once it answers", error)
         self.state.connected, self.state.error = False, error
 
     def _drop_producer(self, error: str | None) -> None:
@@ -449,7 +449,7 @@ class _Forwarder:
             if time.monotonic() - batch.progress < self.stall_s:
                 continue
             if self._reachable():
-                log.warning("edge: kafka answers but acknowledged nothing for %.0fs; sending again", self.stall_s)
+                log.warning("kafka answers but acknowledged nothing for %.0fs; sending again", self.stall_s)
                 return False
             self._down(f"kafka {self.kafka.bootstrap} not reachable")
             batch.progress = time.monotonic()
@@ -488,7 +488,7 @@ class _Central:
                         continue
                     self._apply(self.consumer.consume(num_messages=2_000, timeout=0.5))
                 except Exception as exc:  # noqa: BLE001 - a background thread reports and tries again
-                    log.warning("edge: following central movements failed, trying again: %s", _describe(exc))
+                    log.warning("following central movements failed, trying again: %s", _describe(exc))
                     self._close()
                     self.stop.wait(self.retry_s)
         finally:
@@ -557,7 +557,7 @@ class DropFolder:
             try:
                 self.scan()
             except OSError as exc:
-                log.warning("edge: cannot read the drop folder %s: %s", self.folder, exc)
+                log.warning("cannot read the drop folder %s: %s", self.folder, exc)
 
     def scan(self) -> list[Path]:
         """One look at the folder; returns the files taken (or refused) now."""
@@ -581,10 +581,10 @@ class DropFolder:
         except Malformed as exc:
             target = _move(path, self.folder / "failed")
             target.with_name(target.name + ".errors.txt").write_text(_report(exc, path.suffix.lower() == ".csv"))
-            log.warning("edge: %s refused, moved to %s: %s", path.name, target, exc.message)
+            log.warning("%s refused, moved to %s: %s", path.name, target, exc.message)
             return
         target = _move(path, self.folder / "done")
-        log.info("edge: %s: %d movement(s) journaled (%d new, %d duplicate), moved to %s",
+        log.info("%s: %d movement(s) journaled (%d new, %d duplicate), moved to %s",
                  path.name, taken.records, taken.new, taken.duplicate, target)  # fmt: skip
 
 

@@ -90,7 +90,7 @@ class _Server(ThreadingHTTPServer):
             try:
                 request = self.tls.wrap_socket(request, server_side=True)
             except (OSError, ssl.SSLError) as exc:
-                log.debug("edge: TLS handshake with %s failed: %s", client_address[0], exc)
+                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
                 return
         super().finish_request(request, client_address)
 
@@ -103,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         # The request line and status only; headers (the token) are never logged.
-        log.debug("edge: %s %s", self.client_address[0], redact(format % args))
+        log.debug("%s %s", self.client_address[0], redact(format % args))
 
     def _answer(self, status: int, document: dict[str, Any], *, close: bool = False) -> None:
         body = orjson.dumps(document)
@@ -146,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._answer(404, {"error": f"no {path}; try GET /availability/<sku>, GET /status, POST /movements"})
         except Exception as exc:  # noqa: BLE001 - an answer, never a dropped connection
-            log.exception("edge: GET %s failed", path)
+            log.exception("GET %s failed", path)
             self._answer(500, {"error": redact(str(exc))})
 
     def do_POST(self) -> None:  # noqa: N802 - the base class's name
@@ -173,7 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(400, {"error": exc.message, "problems": problems})
             return
         except Exception as exc:  # noqa: BLE001 - not journaled: the client must send again
-            log.exception("edge: POST /movements failed")
+            log.exception("POST /movements failed")
             self._answer(500, {"error": f"not journaled, send again: {redact(str(exc))}"})
             return
         backlog = self.server.agent.edge.journal.stats().backlog
