@@ -221,6 +221,12 @@ def _us(moment: dt.datetime | float | None, clock: Callable[[], float]) -> int:
     return int(moment * 1_000_000)
 
 
+def _first(rows: list[tuple[object, ...]]) -> tuple[object, ...] | None:
+    """The first row of a statement run to its end (an unfinished one would keep a read transaction open,
+    and a read transaction cannot wait for the write lock: BEGIN IMMEDIATE would fail at once)."""
+    return rows[0] if rows else None
+
+
 def _datetime(us: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(us / 1_000_000, dt.UTC)
 
@@ -267,15 +273,15 @@ class Ledger:
     @property
     def position(self) -> int:
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE name = 'position'").fetchone()
-        return int(row[0]) if row else 0
+            rows = self._db.execute("SELECT value FROM meta WHERE name = 'position'").fetchall()
+        return int(rows[0][0]) if rows else 0
 
     def level(self, sku: str, location: str) -> StockLevel:
         with self._lock:
-            row = self._db.execute(
+            row = _first(self._db.execute(
                 "SELECT on_hand, reserved, unavailable, incoming, version FROM stock WHERE sku = ? AND location = ?",
                 (sku, location),
-            ).fetchone()
+            ).fetchall())
         return StockLevel(sku, location, *row) if row else StockLevel(sku, location)
 
     def levels(self) -> pl.DataFrame:
@@ -286,12 +292,24 @@ class Ledger:
         """What `channel` may sell of `sku` now (unknown channel: KeyError naming the known ones)."""
         self.rules.channel(channel)
         with self._lock:
-            row = self._db.execute(
+            row = _first(self._db.execute(
                 "SELECT quantity FROM availability WHERE sku = ? AND channel = ?", (sku, channel)
-            ).fetchone()
+            ).fetchall())
             if row is not None:
                 return int(row[0])
             return self._compute(self._db, sku, channel)
+
+    @property
+    def published(self) -> int:
+        """The position up to which changes were published (`mark_published`)."""
+        with self._lock:
+            row = _first(self._db.execute("SELECT value FROM meta WHERE name = 'published'").fetchall())
+        return int(row[0]) if row else 0
+
+    def mark_published(self, position: int) -> None:
+        """Everything up to `position` reached the broker: `changes_since(published)` starts after it next time."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('published', ?)", (position,))
 
     def offsets(self) -> dict[tuple[str, int], int]:
         """Per input (topic, partition), the next offset to read: stored in the same transaction as what was read."""
@@ -449,7 +467,7 @@ class Ledger:
     # internals --------------------------------------------------------------
 
     def _position(self, db: sqlite3.Connection) -> int:
-        row = db.execute("SELECT value FROM meta WHERE name = 'position'").fetchone()
+        row = _first(db.execute("SELECT value FROM meta WHERE name = 'position'").fetchall())
         return int(row[0]) if row else 0
 
     def _set_position(self, db: sqlite3.Connection, position: int) -> None:
@@ -460,7 +478,7 @@ class Ledger:
 
     def _recompute_if_rules_changed(self) -> None:
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE name = 'rules'").fetchone()
+            row = _first(self._db.execute("SELECT value FROM meta WHERE name = 'rules'").fetchall())
         if row is None or row[0] != self.rules.model_dump_json():
             self.recompute()
 
@@ -472,7 +490,7 @@ class Ledger:
             db.execute(f"DELETE FROM {table}")
         db.executemany(f"INSERT OR IGNORE INTO b_mov VALUES ({', '.join('?' * len(MOVEMENT_SCHEMA))})", valid.iter_rows())
         db.execute("DELETE FROM b_mov WHERE event_id IN (SELECT event_id FROM movements)")
-        if db.execute("SELECT count(*) FROM b_mov").fetchone()[0] == 0:
+        if db.execute("SELECT count(*) FROM b_mov").fetchall()[0][0] == 0:
             return
         version = self._position(db) + 1
         db.executemany(f"INSERT INTO b_eff VALUES ({', '.join('?' * len(EFFECT_SCHEMA))})", effects(valid).iter_rows())

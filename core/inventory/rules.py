@@ -5,8 +5,9 @@ inventory:
   floors: {S1: 1}                 # units every channel leaves at a location (default for all channels)
   channels:
     web:         {locations: [WH1, S1, S2], buffer: 2, floors: {S2: 2}}
-    marketplace: {locations: [WH1], buffer: "10%", cap: 50}
+    marketplace: {locations: [WH1], buffer: "10%", cap: 50, max_updates_per_key_per_day: 250}
   reservation_ttl_s: 900
+  publish_window_ms: 200          # API channels: updates of a sku inside the window make one call
 ```
 
 Availability of a sku on a channel, always a whole number and never negative::
@@ -57,6 +58,10 @@ class Channel(_Strict):
     floors: dict[str, Units] = Field(
         default_factory=dict, description="units left at a location for this channel (overrides inventory.floors)"
     )
+    max_updates_per_key_per_day: int | None = Field(
+        None, ge=1, description="API sinks send a sku's availability on this channel at most this often per UTC day "
+        "(a marketplace's revision limit); the newest value waits for the next day"
+    )  # fmt: skip
 
     @field_validator("buffer")
     @classmethod
@@ -99,6 +104,10 @@ class ChannelRules(_Strict):
     reservation_ttl_s: float = Field(
         900, gt=0, description="seconds after which a reservation made by `Ledger.reserve` lapses unless fulfilled"
     )
+    publish_window_ms: int = Field(
+        200, ge=0, le=60_000, description="API sinks send a sku's availability once it settled this long: the "
+        "updates inside the window make one call with the last value"
+    )  # fmt: skip
 
     @field_validator("channels")
     @classmethod

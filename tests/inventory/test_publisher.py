@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import threading
 from pathlib import Path
 
 import polars as pl
 
+from kanal.connectors.woocommerce import CONNECTOR as WOO
+from kanal.connectors.woocommerce import WooConfig, WooOptions, WooSink
+from kanal.connectors.woocommerce.simulator import WooSimulator
 from kanal.core.channels import ChannelPublisher
 from kanal.core.connector import VERSION, WriteResult
+from kanal.core.deliver import SinkLimits, write_changed
+from kanal.core.retry import RetryPolicy
+from kanal.core.sinkmemory import SinkMemory
 from kanal.core.model import AVAILABILITY
 from kanal.core.validate import KEY
 
@@ -117,3 +124,36 @@ def test_never_an_older_value_after_a_newer_one_in_any_arrival_order(tmp_path: P
             last[key] = version
         assert last == newest, f"seed {seed}: the newest value of every key is what the channel got last"
         publisher.close()
+
+
+def test_a_woocommerce_shop_gets_the_settled_value_of_its_channel_in_one_call(tmp_path: Path) -> None:
+    """The outbox in front of the real WooCommerce sink, its simulator over HTTP: 100 changes of a sku, one update."""
+    sim = WooSimulator().start()
+    sink = WooSink(WooConfig(url=sim.url, consumer_key="ck_test", consumer_secret="cs_test"))
+    memory = SinkMemory(tmp_path / "woo.sqlite")
+    sink.attach(memory)
+    options = WooOptions(channel="web")
+    clock = Clock()
+    publisher = ChannelPublisher(tmp_path / "out.sqlite", clock=clock)
+
+    def send(frame: pl.DataFrame) -> WriteResult:
+        return write_changed(
+            sink, "availability", options, frame, "channels", memory=memory, limits=SinkLimits(WOO.capabilities),
+            target="woo", retry=RetryPolicy(max_elapsed_s=10), cancel=threading.Event(),
+        )[0]  # fmt: skip
+
+    try:
+        sim.add_product(sku="P1", name="Product 1", manage_stock=True, stock_quantity=40)
+        sink.prepare("availability", options)
+        for i in range(1, 101):
+            publisher.offer(updates(("P1", "web", 40 - i % 7, i), ("P1", "marketplace", 3, i)))
+        clock.now += 1
+        before = sim.calls["POST products/batch"]
+        flushed = publisher.flush(send)
+        assert flushed.sent == 2  # the marketplace row is skipped by a shop showing the web channel
+        assert sim.calls["POST products/batch"] - before == 1
+        assert sim.by_sku()["P1"]["stock_quantity"] == 40 - 100 % 7
+    finally:
+        sink.close()
+        publisher.close()
+        sim.stop()
