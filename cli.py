@@ -679,7 +679,7 @@ def edge(ctx: click.Context, job: str, store: str, journal: str, port: int, host
     import os
 
     from kanal.jobs import edge as edge_job
-    from kanal.jobs import edge_http
+    from kanal.jobs import edge_agent, edge_http
 
     loaded = _load(job)
     ctx.obj = {"loaded": loaded, "store": store, "journal": Path(journal)}
@@ -690,7 +690,7 @@ def edge(ctx: click.Context, job: str, store: str, journal: str, port: int, host
         Path(tls_key) if tls_key else None, insecure, edge_http.parse_tokens(os.environ.get(edge_http.TOKENS_ENV)),
     )  # fmt: skip
     with _graceful() as stop:
-        edge_http.run(loaded, options, stop, lambda url: _say(
+        edge_agent.run(loaded, options, stop, lambda url: _say(
             f"kanal edge: store {store} serves {url} (journal {journal}); Ctrl-C stops it", loaded.name))
 
 
@@ -720,7 +720,7 @@ def edge_status(ctx: click.Context) -> None:
     """The journal's counts as JSON: movements journaled, and not forwarded yet (backlog)."""
     from kanal.jobs import edge as edge_job
 
-    _json(edge_job.journal_status(ctx.obj["loaded"], ctx.obj["store"], ctx.obj["journal"]))
+    _json(edge_job.journal_status(ctx.obj["store"], ctx.obj["journal"]))
 
 
 @main.command()

@@ -1,8 +1,8 @@
 """`kanal edge JOB --store S1 --journal DIR`: the store agent that keeps selling while the network is down.
 
 A small process per store (a store PC, a Raspberry Pi). Movements come from
-the POS over HTTP (`jobs.edge_http`), from a drop folder, or from
-`kanal edge ... post FILE`; all three go through `Edge.take`:
+the POS over HTTP (`jobs.edge_http`), from a drop folder (`jobs.edge_drop`)
+or from `kanal edge ... post FILE`; all of them go through `Edge.take`:
 
 1. the records are checked against the canonical `stock_movements` model
    (`core.validate`) and the ledger's rules (`core.inventory`); one bad
@@ -14,58 +14,34 @@ the POS over HTTP (`jobs.edge_http`), from a drop folder, or from
    so `GET /availability/<sku>` answers from the store's own state, online
    or not.
 
-Three threads do the rest:
-
-* `_Forwarder` sends the journal's unforwarded movements, in journal order,
-  to the job's `stock_movements` topic in the wire format the aggregator
-  (`kanal inventory`) reads, partitioned by sku (`Entity.partition_by`), with
-  an idempotent producer that never gives a message up
-  (`message.timeout.ms: 0`): per partition, acknowledgements come in order,
-  so what was acknowledged is a prefix and is marked forwarded; the rest
-  goes out again with a new producer after an outage or a restart (a
-  duplicate on the wire is harmless: the ledger deduplicates by event_id).
-* `_Central` follows the same topic and applies the movements that concern
-  the store (its location, or a transfer towards it) to the local ledger:
-  receipts, transfers and counts booked centrally. The ledger stores how far
-  it read in the same transaction, and its own movements coming back are
-  ignored by event_id, so local figures converge on the central ones.
-* `_DropFolder` picks up complete JSON and CSV files from `--drop`.
+`jobs.edge_kafka` forwards the journal to Kafka and follows central
+movements; `jobs.edge_agent` runs it all.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
-import logging
 import re
-import shutil
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 import polars as pl
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from kanal.core import wire
 from kanal.core.connector import OP, UPSERT, VERSION
-from kanal.core.errors import ConfigError, KanalError, redact
+from kanal.core.errors import ConfigError, KanalError
 from kanal.core.inventory import ChannelRules, Ledger
 from kanal.core.inventory.movements import REJECTED, check
 from kanal.core.journal import Entry, Journal
-from kanal.core.kafka import BoundedProducer, KafkaConnection
 from kanal.core.model import STOCK_MOVEMENT
 from kanal.core.places import did_you_mean
-from kanal.core.validate import KEY, REASON, conform
+from kanal.core.validate import REASON, conform
 from kanal.jobs.load import LoadedJob
 
-log = logging.getLogger("kanal.edge")
 FIELDS = STOCK_MOVEMENT.field_names
 MAX_BODY = 1024 * 1024
 """Largest request body `POST /movements` reads (413 beyond)."""
@@ -288,324 +264,6 @@ class Edge:
         }  # fmt: skip
 
 
-# forwarding ------------------------------------------------------------------------------------
-
-
-def _iso(us: int | float | None) -> str | None:
-    if us is None:
-        return None
-    return dt.datetime.fromtimestamp(us / 1_000_000, dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0].str()
-    return redact(str(exc))
-
-
-class _Batch:
-    """Delivery reports of one batch, by position; `settled` once every one came or one failed."""
-
-    def __init__(self, size: int) -> None:
-        self.results: list[KafkaError | bool | None] = [None] * size
-        self.settled = threading.Event()
-        self.progress = time.monotonic()
-        self._lock = threading.Lock()
-        self._left = size
-
-    def ack(self, index: int, err: KafkaError | None) -> None:
-        with self._lock:
-            self.results[index] = err if err is not None else True
-            self._left -= 1
-            self.progress = time.monotonic()
-            if err is not None or self._left == 0:
-                self.settled.set()
-
-    def forwarded(self, entries: list[Entry], partitions: list[int]) -> list[int]:
-        """Seqs acknowledged with nothing unacknowledged before them in their partition (so order holds when the rest is sent again)."""
-        with self._lock:
-            results = list(self.results)
-        broken: set[int] = set()
-        seqs = []
-        for entry, partition, result in zip(entries, partitions, results, strict=True):
-            if result is True and partition not in broken:
-                seqs.append(entry.seq)
-            else:
-                broken.add(partition)
-        return seqs
-
-
-@dataclass
-class BrokerState:
-    connected: bool = False
-    error: str | None = None
-    forwarded: int = 0
-    last_forwarded_us: int | None = None
-
-
-class _Forwarder:
-    """Sends the journal's backlog to the movements topic whenever the broker is there (see the module docstring)."""
-
-    def __init__(self, edge: Edge, kafka: KafkaConnection, stop: threading.Event, *, batch: int = 500,
-                 stall_s: float = 10.0, retry_s: float = 1.0) -> None:  # fmt: skip
-        self.edge, self.kafka, self.stop = edge, kafka, stop
-        self.batch, self.stall_s, self.retry_s = batch, stall_s, retry_s
-        self.topic = kafka.settings.topic(STOCK_MOVEMENT.name)
-        self.state = BrokerState()
-        self.topic_ready = threading.Event()
-        self.partitions = 0
-        self.producer: BoundedProducer | None = None
-        self._headers = [
-            (wire.H_ENTITY, STOCK_MOVEMENT.name.encode()), (wire.H_FORMAT, b"json"),
-            (wire.H_JOB, edge.loaded.name.encode()), (wire.H_SOURCE, edge.source.encode()),
-            (wire.H_SCHEMA, wire.SCHEMA_VERSION),
-        ]  # fmt: skip
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                try:
-                    self._round()
-                except Exception as exc:  # noqa: BLE001 - a background thread reports and tries again
-                    log.warning("forwarding failed, trying again: %s", _describe(exc))
-                    self._drop_producer(_describe(exc))
-                    self.stop.wait(self.retry_s)
-        finally:
-            self._drop_producer(None)
-
-    def _round(self) -> None:
-        self.edge.catch_up()
-        if self.producer is None and not self._connect():
-            self.stop.wait(self.retry_s)
-            return
-        self.edge.wake.clear()
-        entries = self.edge.journal.pending(self.batch)
-        if not entries:
-            self.edge.wake.wait(1.0)
-            return
-        self._forward(entries)
-
-    def _reachable(self) -> bool:
-        try:
-            AdminClient(self.kafka.config()).list_topics(timeout=2)
-            return True
-        except KafkaException:
-            return False
-
-    def _connect(self) -> bool:
-        """Reach the broker, make sure the topic exists (as the aggregator makes it), start a producer."""
-        if not self._reachable():
-            self._down(f"kafka {self.kafka.bootstrap} not reachable")
-            return False
-        self.kafka.ensure_topics([self.topic], compact=True)
-        self.partitions = self.kafka.partitions_of(self.topic)
-        # Never give a message up (0: no timeout): librdkafka keeps retrying in order through an outage.
-        self.producer = BoundedProducer(self.kafka, max_in_flight=self.batch, **{"message.timeout.ms": 0})
-        self.state.connected, self.state.error = True, None
-        self.topic_ready.set()
-        log.info("connected to kafka %s, forwarding to %s", self.kafka.bootstrap, self.topic)
-        return True
-
-    def _down(self, error: str) -> None:
-        if self.state.connected or self.state.error != error:
-            log.warning("%s; movements stay journaled and are forwarded once it answers", error)
-        self.state.connected, self.state.error = False, error
-
-    def _drop_producer(self, error: str | None) -> None:
-        if self.producer is not None:
-            self.producer.abandon()
-            self.producer = None
-        if error:
-            self._down(error)
-
-    def _forward(self, entries: list[Entry]) -> None:
-        assert self.producer is not None
-        records = wire.record_messages(self.edge.wire_frame(entries), self.partitions)
-        batch = _Batch(len(records))
-        for index, record in enumerate(records):
-            headers = [*self._headers, (wire.H_OP, record.op), (wire.H_VERSION, record.version)]
-            self.producer.send(self.topic, record.value, key=record.key, partition=record.partition, headers=headers,
-                               on_ack=partial(batch.ack, index))  # fmt: skip
-        complete = self._await(batch)
-        seqs = batch.forwarded(entries, [r.partition for r in records])
-        self.edge.journal.mark_forwarded(seqs)
-        if seqs:
-            self.state.forwarded += len(seqs)
-            self.state.last_forwarded_us = int(time.time() * 1_000_000)
-        if not complete:
-            failed = next((r for r in batch.results if isinstance(r, KafkaError)), None)
-            self._drop_producer(failed.str() if failed is not None else None)
-
-    def _await(self, batch: _Batch) -> bool:
-        """Wait for the batch's acknowledgements; False when a new producer must send the rest.
-
-        A broker that is down is waited for (librdkafka retries). One that
-        answers requests but acknowledges nothing for `stall_s` lost the
-        producer's state (restarted without its data): start afresh.
-        """
-        while not self.stop.is_set():
-            if batch.settled.wait(0.2):
-                return all(r is True for r in batch.results)
-            if time.monotonic() - batch.progress < self.stall_s:
-                continue
-            if self._reachable():
-                log.warning("kafka answers but acknowledged nothing for %.0fs; sending again", self.stall_s)
-                return False
-            self._down(f"kafka {self.kafka.bootstrap} not reachable")
-            batch.progress = time.monotonic()
-        return False
-
-
-# central updates -------------------------------------------------------------------------------
-
-
-@dataclass
-class CentralState:
-    following: bool = False
-    applied: int = 0
-    """Movements concerning the store applied from the topic (its own, coming back, included)."""
-    last_applied_us: int | None = None
-
-
-class _Central:
-    """Applies the topic's movements that concern the store to its local ledger (see the module docstring)."""
-
-    def __init__(self, edge: Edge, kafka: KafkaConnection, topic_ready: threading.Event, stop: threading.Event,
-                 *, retry_s: float = 1.0) -> None:  # fmt: skip
-        self.edge, self.kafka, self.topic_ready, self.stop, self.retry_s = edge, kafka, topic_ready, stop, retry_s
-        self.topic = kafka.settings.topic(STOCK_MOVEMENT.name)
-        self.group = f"{kafka.settings.topic_prefix}.{edge.loaded.name}.edge.{edge.store}"
-        self.state = CentralState()
-        self.consumer: Consumer | None = None
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                try:
-                    if self.consumer is None:
-                        if self.topic_ready.wait(0.5):
-                            self._assign()
-                        continue
-                    self._apply(self.consumer.consume(num_messages=2_000, timeout=0.5))
-                except Exception as exc:  # noqa: BLE001 - a background thread reports and tries again
-                    log.warning("following central movements failed, trying again: %s", _describe(exc))
-                    self._close()
-                    self.stop.wait(self.retry_s)
-        finally:
-            self._close()
-
-    def _assign(self) -> None:
-        """Read every partition from where the local ledger stopped (the start for a new store)."""
-        offsets = self.edge.ledger.offsets()
-        partitions = self.kafka.partitions_of(self.topic)
-        self.consumer = self.kafka.consumer(self.group)
-        self.consumer.assign([
-            TopicPartition(self.topic, p, offsets.get((self.topic, p), OFFSET_BEGINNING)) for p in range(partitions)
-        ])  # fmt: skip
-        self.state.following = True
-
-    def _apply(self, messages: list[Message]) -> None:
-        ends: dict[tuple[str, int], int] = {}
-        taken: list[tuple[bytes | None, dict[str, str]]] = []
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise KafkaException(err)
-                continue  # transport errors while the broker is away: librdkafka reconnects
-            ends[(self.topic, msg.partition())] = msg.offset() + 1
-            taken.append((msg.value(), wire.headers_of(msg.headers())))
-        if not ends:
-            return
-        store = self.edge.store
-        frame = wire.messages_frame(taken, STOCK_MOVEMENT.schema)
-        mine = frame.filter((pl.col("location") == store) | (pl.col("counterpart") == store).fill_null(False))
-        self.edge.ledger.apply_frame(mine, ends)
-        if not mine.is_empty():
-            self.state.applied += mine.height
-            self.state.last_applied_us = int(time.time() * 1_000_000)
-
-    def _close(self) -> None:
-        if self.consumer is not None:
-            self.consumer.close()
-            self.consumer = None
-        self.state.following = False
-
-
-# the drop folder -------------------------------------------------------------------------------
-
-
-class DropFolder:
-    """Takes complete .json and .csv files from a folder, then moves them to `done/` (or `failed/` with the reasons).
-
-    Complete means: unchanged in size and time between two scans and not
-    written to for `settle_s`. Writing a file elsewhere and moving it in is
-    safest. A file taken but not moved yet (the agent was killed) is taken
-    again at the next start: its movements are duplicates and ignored.
-    """
-
-    SUFFIXES = (".json", ".csv")
-
-    def __init__(self, edge: Edge, folder: Path, *, settle_s: float = 1.0) -> None:
-        self.edge, self.folder, self.settle_s = edge, folder, settle_s
-        self._seen: dict[str, tuple[int, int]] = {}
-        for sub in ("done", "failed"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-
-    def run(self, stop: threading.Event, every_s: float = 1.0) -> None:
-        while not stop.wait(every_s):
-            try:
-                self.scan()
-            except OSError as exc:
-                log.warning("cannot read the drop folder %s: %s", self.folder, exc)
-
-    def scan(self) -> list[Path]:
-        """One look at the folder; returns the files taken (or refused) now."""
-        handled, now = [], time.time()
-        for path in sorted(self.folder.iterdir()):
-            if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in self.SUFFIXES:
-                continue
-            stat = path.stat()
-            mark = (stat.st_size, stat.st_mtime_ns)
-            if self._seen.get(path.name) != mark or now - stat.st_mtime < self.settle_s:
-                self._seen[path.name] = mark
-                continue
-            self._take(path)
-            self._seen.pop(path.name, None)
-            handled.append(path)
-        return handled
-
-    def _take(self, path: Path) -> None:
-        try:
-            taken = self.edge.take(read_file(path))
-        except Malformed as exc:
-            target = _move(path, self.folder / "failed")
-            target.with_name(target.name + ".errors.txt").write_text(_report(exc, path.suffix.lower() == ".csv"))
-            log.warning("%s refused, moved to %s: %s", path.name, target, exc.message)
-            return
-        target = _move(path, self.folder / "done")
-        log.info("%s: %d movement(s) journaled (%d new, %d duplicate), moved to %s",
-                 path.name, taken.records, taken.new, taken.duplicate, target)  # fmt: skip
-
-
-def _move(path: Path, folder: Path) -> Path:
-    target = folder / path.name
-    if target.exists():
-        target = folder / f"{path.stem}.{time.strftime('%Y%m%dT%H%M%S')}.{time.monotonic_ns()}{path.suffix}"
-    shutil.move(path, target)
-    return target
-
-
-def _report(exc: Malformed, csv: bool) -> str:
-    """A refused file's reasons, one line per problem (CSV records also by line: the header is line 1)."""
-    lines = [exc.message, ""]
-    for p in exc.problems:
-        where = f"record {p.index}" + (f" (line {p.index + 2})" if csv else "")
-        lines.append(f"{where}: {p.problem}")
-    return "\n".join(lines) + "\n"
-
-
-# running ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -621,73 +279,15 @@ class EdgeOptions:
     tokens: tuple[str, ...] = field(default=(), repr=False)
 
 
-@contextmanager
-def only_agent(folder: Path) -> Iterator[None]:
-    """One agent per journal: two would forward the same backlog and fight over the local ledger."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "agent.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another kanal edge already runs on the journal {folder}; stop it first") from None
-        yield
+
+def iso(us: int | float | None) -> str | None:
+    """Epoch microseconds as UTC ISO 8601 text with Z (None stays None)."""
+    if us is None:
+        return None
+    return dt.datetime.fromtimestamp(us / 1_000_000, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def require_shared_broker(loaded: LoadedJob) -> None:
-    if loaded.job.kafka.embedded:
-        raise ConfigError(
-            f"{loaded.path}: `kanal edge` forwards to the broker the aggregator reads, not to "
-            "`kafka.bootstrap_servers: embedded` (memory of one process): set it to your cluster"
-        )
-
-
-class Agent:
-    """A running store agent: its `Edge`, forwarder, central follower and drop folder (the HTTP server is `jobs.edge_http`)."""
-
-    def __init__(self, loaded: LoadedJob, options: EdgeOptions, stop: threading.Event, **forwarding: float) -> None:
-        require_shared_broker(loaded)
-        self.options, self.stop = options, stop
-        self.edge = Edge(loaded, options.store, options.journal)
-        kafka = KafkaConnection(loaded.job.kafka)
-        self.forwarder = _Forwarder(self.edge, kafka, stop, **forwarding)  # type: ignore[arg-type]
-        self.central = _Central(self.edge, kafka, self.forwarder.topic_ready, stop)
-        self.drop = DropFolder(self.edge, options.drop) if options.drop else None
-        self._threads = [
-            threading.Thread(target=self.forwarder.run, name="kanal-edge-forward", daemon=True),
-            threading.Thread(target=self.central.run, name="kanal-edge-central", daemon=True),
-        ]
-        if self.drop is not None:
-            self._threads.append(threading.Thread(target=self.drop.run, args=(stop,), name="kanal-edge-drop", daemon=True))
-
-    def start(self) -> Agent:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def close(self) -> None:
-        self.stop.set()
-        self.edge.wake.set()
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(timeout=10)
-        self.edge.close()
-
-    def status(self) -> dict[str, Any]:
-        stats = self.edge.journal.stats()
-        broker, central = self.forwarder.state, self.central.state
-        return {
-            "store": self.options.store,
-            "journaled": stats.journaled,
-            "backlog": stats.backlog,
-            "oldest_unforwarded_at": _iso(stats.oldest_pending_us),
-            "broker": {"connected": broker.connected, "error": broker.error, "forwarded": broker.forwarded,
-                       "last_forwarded_at": _iso(broker.last_forwarded_us)},
-            "central": {"following": central.following, "applied": central.applied,
-                        "last_applied_at": _iso(central.last_applied_us)},
-        }  # fmt: skip
-
-
-def journal_status(loaded: LoadedJob, store: str, folder: Path) -> dict[str, Any]:
+def journal_status(store: str, folder: Path) -> dict[str, Any]:
     """`kanal edge ... status`: the journal's counts, read from disk (the agent may run or not)."""
     journal = Journal(folder / "journal.sqlite")
     try:
@@ -695,7 +295,7 @@ def journal_status(loaded: LoadedJob, store: str, folder: Path) -> dict[str, Any
     finally:
         journal.close()
     return {"store": store, "journaled": stats.journaled, "backlog": stats.backlog,
-            "oldest_unforwarded_at": _iso(stats.oldest_pending_us)}  # fmt: skip
+            "oldest_unforwarded_at": iso(stats.oldest_pending_us)}  # fmt: skip
 
 
 def post(loaded: LoadedJob, store: str, folder: Path, files: list[Path]) -> Iterator[tuple[Path, Taken]]:
@@ -720,5 +320,4 @@ def frame_of_body(body: bytes) -> pl.DataFrame:
     if isinstance(records, list) and len(records) > MAX_RECORDS:
         raise TooMany(len(records))
     return records_frame(records)
-
 

@@ -23,18 +23,20 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
 
 from kanal.core.errors import ConfigError, redact, register_secret
-from kanal.jobs.edge import MAX_BODY, Agent, EdgeOptions, Malformed, TooMany, frame_of_body, only_agent
-from kanal.jobs.load import LoadedJob
+from kanal.jobs.edge import MAX_BODY, EdgeOptions, Malformed, TooMany, frame_of_body
+
+if TYPE_CHECKING:
+    from kanal.jobs.edge_agent import Agent
 
 log = logging.getLogger("kanal.edge.http")
 TOKENS_ENV = "KANAL_EDGE_TOKENS"
@@ -205,15 +207,3 @@ def serving(agent: Agent, options: EdgeOptions) -> Iterator[str]:
         server.server_close()
         thread.join(timeout=5)
 
-
-def run(loaded: LoadedJob, options: EdgeOptions, stop: threading.Event, started: Callable[[str], None]) -> None:
-    """Run the store agent with its API until `stop`; `started` is told the URL once it serves."""
-    with only_agent(options.journal):
-        agent = Agent(loaded, options, stop)
-        try:
-            with serving(agent, options) as url:
-                agent.start()
-                started(url)
-                stop.wait()
-        finally:
-            agent.close()

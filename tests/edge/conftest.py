@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from kanal.core.embedded import free_port
-from kanal.jobs.edge import Agent, EdgeOptions
+from kanal.jobs.edge import EdgeOptions
+from kanal.jobs.edge_agent import Agent
 from kanal.jobs.edge_http import serving
 from kanal.jobs.load import LoadedJob, load_job
 

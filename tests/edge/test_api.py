@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from kanal.core.errors import ConfigError
-from kanal.jobs.edge import MAX_BODY, MAX_RECORDS, Agent, DropFolder, EdgeOptions
+from kanal.jobs.edge import MAX_BODY, MAX_RECORDS, EdgeOptions
+from kanal.jobs.edge_agent import Agent
+from kanal.jobs.edge_drop import DropFolder
 from kanal.jobs.edge_http import serving
 from tests.edge.conftest import NEXT_TOKEN, TOKEN, Served
 

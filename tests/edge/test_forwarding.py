@@ -10,7 +10,9 @@ import polars as pl
 from kanal.core.embedded import EmbeddedBroker, free_port
 from kanal.core.journal import Entry
 from kanal.core.model import STOCK_MOVEMENT
-from kanal.jobs.edge import Agent, EdgeOptions, _Batch
+from kanal.jobs.edge import EdgeOptions
+from kanal.jobs.edge_agent import Agent
+from kanal.jobs.edge_kafka import Batch
 from kanal.jobs.load import load_job
 from tests.edge.conftest import write_job
 from tests.edge.test_offline import read_topic
@@ -26,7 +28,7 @@ def sales(first: int, count: int) -> pl.DataFrame:
 def test_only_what_the_broker_acknowledged_before_a_gap_in_its_partition_counts_as_forwarded() -> None:
     entries = [Entry(seq, f"k{seq}", b"") for seq in range(1, 7)]
     partitions = [0, 1, 0, 1, 0, 2]
-    batch = _Batch(6)
+    batch = Batch(6)
     for index in (0, 1, 3, 4, 5):  # the third message (partition 0) was never acknowledged
         batch.ack(index, None)
     # partition 0: the 5th waits for the 3rd, so it goes again after it; partitions 1 and 2 are complete
