@@ -136,6 +136,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(401, {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"}, close=True)
         return False
 
+    def handle_expect_100(self) -> bool:
+        """A client asking before it sends the body learns of a wrong token or a body too large before sending it."""
+        if not self._guarded():
+            return False
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > MAX_BODY:
+            self._answer(413, {"error": f"body of {length} bytes; at most {MAX_BODY} per request"}, close=True)
+            return False
+        return super().handle_expect_100()
+
     def do_GET(self) -> None:  # noqa: N802 - the base class's name
         if not self._guarded():
             return
