@@ -11,12 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kanal.core.embedded import free_port
 from kanal.core.errors import ConfigError
 from kanal.jobs.edge import MAX_BODY, MAX_RECORDS, EdgeOptions
 from kanal.jobs.edge_agent import Agent
 from kanal.jobs.edge_drop import DropFolder
 from kanal.jobs.edge_http import serving
-from tests.edge.conftest import NEXT_TOKEN, TOKEN, Served
+from tests.edge.conftest import NEXT_TOKEN, TOKEN, Served, write_job
 
 
 def sale(event_id: str, delta: int = -1, sku: str = "A-1", **more: object) -> dict[str, object]:
@@ -157,3 +158,28 @@ def test_tls_serves_https_and_plain_http_beyond_loopback_needs_insecure(served: 
             assert url.startswith("http://0.0.0.0:")
     finally:
         agent.close()
+
+
+def test_post_and_status_commands_journal_files_and_the_agent_needs_a_token(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from kanal.cli import main
+
+    job = write_job(tmp_path, f"127.0.0.1:{free_port()}")
+    day = tmp_path / "day.csv"
+    day.write_text("event_id,sku,delta,reason\nc1,A-1,12,receipt\nc2,A-1,-2,sale\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([receipt("j1", 1), {**receipt("j2", 1), "reason": "gift"}]))
+    at = [str(job), "--store", "S1", "--journal", str(tmp_path / "journal")]
+    runner = CliRunner()
+    posted = runner.invoke(main, ["edge", *at, "post", str(day), str(day)])
+    assert posted.exit_code == 0, posted.output
+    assert "2 movement(s) journaled (2 new, 0 duplicate)" in posted.output
+    assert "2 movement(s) journaled (0 new, 2 duplicate)" in posted.output
+    refused = runner.invoke(main, ["edge", *at, "post", str(bad)])
+    assert refused.exit_code == 1 and "record 1, field reason" in refused.output
+    status = runner.invoke(main, ["edge", *at, "status"])
+    assert json.loads(status.output) | {"oldest_unforwarded_at": None} == {
+        "store": "S1", "journaled": 2, "backlog": 2, "oldest_unforwarded_at": None}  # fmt: skip
+    untokened = runner.invoke(main, ["edge", *at], env={"KANAL_EDGE_TOKENS": ""})
+    assert untokened.exit_code == 2 and "KANAL_EDGE_TOKENS" in untokened.output

@@ -67,14 +67,16 @@ class Store:
 
     def __init__(self, job: Path, journal: Path) -> None:
         self.port = free_port()
-        self.args = [*KANAL, "edge", str(job), "--store", "S1", "--journal", str(journal), "--port", str(self.port)]
+        self.args = [*KANAL, "-v", "edge", str(job), "--store", "S1", "--journal", str(journal), "--port", str(self.port)]
+        self.log = journal.parent / "edge.log"  # a file: a pipe nobody reads could fill up and stall the agent
         self.env = {**os.environ, "KANAL_EDGE_TOKENS": f"old-token-0123456789,{TOKEN}"}
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {TOKEN}"},
                                  timeout=10)  # fmt: skip
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> Store:
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=log, text=True)
         wait_for(lambda: self.http.get("/status").status_code == 200, 30, "the agent to serve")
         return self
 
@@ -144,6 +146,9 @@ def test_offline_store_killed_and_restarted_forwards_every_movement_once_in_orde
 
         store.proc.send_signal(signal.SIGTERM)
         assert store.proc.wait(timeout=20) == 0
+        logged = store.log.read_text()
+        assert "POST /movements" in logged and "serves http://127.0.0.1" in logged  # debug logs were on
+        assert TOKEN not in logged and "old-token" not in logged
     finally:
         if store.proc is not None and store.proc.poll() is None:
             store.proc.kill()
