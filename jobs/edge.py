@@ -170,10 +170,10 @@ def checked(frame: pl.DataFrame, store: str, now: dt.datetime) -> pl.DataFrame:
         pl.col("occurred_at").fill_null(pl.lit(now, pl.Datetime("us", "UTC"))),
         pl.int_range(pl.len()).alias(_INDEX),
     )
-    elsewhere = pl.when(pl.col("location") != store).then(
-        pl.format(f"location: '{{}}' is not this store's; kanal edge --store {store} takes the movements of {store}",
-                  pl.col("location"))
-    )
+    elsewhere = pl.when(pl.col("location") != store).then(pl.concat_str(
+        pl.lit("location: '"), pl.col("location"),
+        pl.lit(f"' is not this store's; kanal edge --store {store} takes the movements of {store}"),
+    ))  # fmt: skip
     conformed = conformed.with_columns(pl.coalesce(pl.col(REASON), elsewhere).alias(REASON))
     bad = conformed.filter(pl.col(REASON).is_not_null())
     good = conformed.filter(pl.col(REASON).is_null()).select(*FIELDS, _INDEX)
