@@ -175,6 +175,7 @@ class Forwarder:
         if seqs:
             self.state.forwarded += len(seqs)
             self.state.last_forwarded_us = int(time.time() * 1_000_000)
+            self.state.connected, self.state.error = True, None  # the broker came back to this producer
         if not complete:
             failed = next((r for r in batch.results if isinstance(r, KafkaError)), None)
             self._drop_producer(failed.str() if failed is not None else None)
