@@ -26,7 +26,7 @@ def write_job(folder: Path, bootstrap: str) -> Path:
     path = folder / "job.yaml"
     path.write_text(textwrap.dedent(f"""
         name: stores
-        kafka: {{bootstrap_servers: "{bootstrap}", partitions: 3, connect_timeout_s: 5}}
+        kafka: {{bootstrap_servers: "{bootstrap}", partitions: 3, connect_timeout_s: 5, session_timeout_ms: 1500}}
         source:
           connector: files
           config: {{path: "{folder / 'in'}"}}
