@@ -270,8 +270,6 @@ class Edge:
         }  # fmt: skip
 
 
-
-
 @dataclass(frozen=True)
 class EdgeOptions:
     store: str
@@ -283,7 +281,6 @@ class EdgeOptions:
     tls_key: Path | None = None
     insecure: bool = False
     tokens: tuple[str, ...] = field(default=(), repr=False)
-
 
 
 def iso(us: int | float | None) -> str | None:
@@ -326,4 +323,3 @@ def frame_of_body(body: bytes) -> pl.DataFrame:
     if isinstance(records, list) and len(records) > MAX_RECORDS:
         raise TooMany(len(records))
     return records_frame(records)
-

@@ -38,7 +38,6 @@ def require_shared_broker(loaded: LoadedJob) -> None:
         )
 
 
-
 class Agent:
     """A running store agent: its `Edge`, forwarder, central follower and drop folder (the HTTP server is `jobs.edge_http`)."""
 
@@ -83,7 +82,6 @@ class Agent:
             "central": {"following": central.following, "applied": central.applied,
                         "last_applied_at": iso(central.last_applied_us)},
         }  # fmt: skip
-
 
 
 def run(loaded: LoadedJob, options: EdgeOptions, stop: threading.Event, started: Callable[[str], None]) -> None:

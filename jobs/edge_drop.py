@@ -81,5 +81,3 @@ def _report(exc: Malformed, csv: bool) -> str:
         where = f"record {p.index}" + (f" (line {p.index + 2})" if csv else "")
         lines.append(f"{where}: {p.problem}")
     return "\n".join(lines) + "\n"
-
-

@@ -216,4 +216,3 @@ def serving(agent: Agent, options: EdgeOptions) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-

@@ -274,5 +274,3 @@ class Central:
             self.consumer.close()
             self.consumer = None
         self.state.following = False
-
-
