@@ -144,10 +144,16 @@ class ConnectorError(KanalError):
 
 
 class Unreachable(ConnectorError):
-    """A transient failure worth retrying (connection, timeout, 5xx, 429)."""
+    """A transient failure worth retrying (connection, timeout, 5xx, 429).
 
-    def __init__(self, system: str, message: str, retry_after: float | None = None) -> None:
+    `answered`: the system answered (a 503, a 429), so it exists at that
+    address and is only busy or down for a while: the deadline for first
+    contact (`core.deadline`) does not cut its retries short.
+    """
+
+    def __init__(self, system: str, message: str, retry_after: float | None = None, *, answered: bool = False) -> None:
         self.retry_after = retry_after
+        self.answered = answered
         super().__init__(system, message)
 
 

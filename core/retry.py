@@ -7,7 +7,9 @@ maintenance for two minutes is waited for; one down for an hour fails the run
 with the last error, and the re-run resumes.
 
 Within a `core.deadline.deadline` block (first contact with a system when a
-command starts) retries also end at the deadline, and no wait outlasts it.
+command starts) retries also end at the deadline, and no wait outlasts it,
+unless the system answered (`Unreachable.answered`: a 503 burst or a
+throttle at start is an outage to wait for, not a wrong address).
 """
 
 from __future__ import annotations
@@ -75,10 +77,16 @@ def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
             wait_s = min(exc.retry_after, policy.max_wait_s * 6)
         else:
             wait_s = float(backoff(state))
-        left = remaining()
+        left = None if _answered(state) else remaining()
         return wait_s if left is None else max(0.0, min(wait_s, left))
 
     return wait
+
+
+def _answered(state: RetryCallState) -> bool:
+    """The last attempt reached the system, which answered that it cannot serve now."""
+    exc = state.outcome.exception() if state.outcome else None
+    return isinstance(exc, Unreachable) and exc.answered
 
 
 def call_with_retry(
@@ -109,7 +117,7 @@ def call_with_retry(
             left = policy.max_elapsed_s - (state.seconds_since_start or 0.0)
             on_wait(Wait(exc, state.attempt_number, state.upcoming_sleep, max(0.0, left)))
 
-    stop = stop_after_delay(policy.max_elapsed_s) | (lambda _state: remaining() == 0.0)
+    stop = stop_after_delay(policy.max_elapsed_s) | (lambda state: remaining() == 0.0 and not _answered(state))
     if cancel is not None:
         stop = stop | (lambda _state: cancel.is_set())
     retrying = Retrying(

@@ -162,7 +162,7 @@ class OAuth2ClientCredentials(Auth):
             raise unreachable(exc, system, what) from None
         status = response.status_code
         if status == 429 or status >= 500:
-            raise Unreachable(system, f"{what} answered {status}: {api_message(response)}")
+            raise Unreachable(system, f"{what} answered {status}: {api_message(response)}", answered=True)
         if status >= 400:
             raise AuthError(system, f"{what} refused the client credentials ({status}): {api_message(response)}")
         try:

@@ -290,7 +290,7 @@ class HttpClient:
             raise ConnectorError(self.system, f"{what} answered {page.response.status_code} without a GraphQL body")
         pause = self.budget.observe_graphql(body, key)
         if is_throttled(body):
-            raise Unreachable(self.system, f"{what}: throttled by the API's query cost limit", retry_after=pause)
+            raise Unreachable(self.system, f"{what}: throttled by the API's query cost limit", retry_after=pause, answered=True)
         errors = body.get("errors")
         if errors:
             said = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)

@@ -110,7 +110,7 @@ def failure(
     if status in (401, 403):
         return AuthError(system, f"{said} (check the credentials and the rights they grant)")
     if status in (408, 429) or status >= 500:
-        return Unreachable(system, said, retry_after=retry_after)
+        return Unreachable(system, said, retry_after=retry_after, answered=True)
     if status in record_statuses:
         return RecordFailure(status, redact(api_message(response)))
     return HttpError(system, said, status)

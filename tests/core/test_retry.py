@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from kanal.core.deadline import deadline
 from kanal.core.errors import Unreachable
 from kanal.core.retry import RetryPolicy, call_with_retry
 
@@ -39,3 +40,23 @@ def test_transient_errors_are_retried_until_success() -> None:
 
     assert call_with_retry(flaky, RetryPolicy(initial_s=0.01, max_wait_s=0.02)) == "ok"
     assert len(calls) == 3
+
+
+def test_the_first_contact_deadline_cuts_short_silence_but_not_a_system_that_answers() -> None:
+    """A wrong address fails at the deadline; a shop answering 503 at start is an outage to wait out."""
+    policy = RetryPolicy(max_elapsed_s=30, initial_s=0.05, max_wait_s=0.05)
+
+    def failing(answered: bool, until: float) -> object:
+        def call() -> str:
+            if time.monotonic() < until:
+                raise Unreachable("shop", "answered 503" if answered else "connection refused", answered=answered)
+            return "served"
+        return call
+
+    started = time.monotonic()
+    with deadline(0.3), pytest.raises(Unreachable, match="connection refused"):
+        call_with_retry(failing(False, started + 5), policy)
+    assert time.monotonic() - started < 2
+    started = time.monotonic()
+    with deadline(0.3):
+        assert call_with_retry(failing(True, started + 1.0), policy) == "served"
