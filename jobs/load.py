@@ -29,11 +29,13 @@ from pydantic import BaseModel, ValidationError
 from kanal.core import registry
 from kanal.core.connector import ConnectorSpec, CursorDelta, DeltaKind, EntityOptions
 from kanal.core.errors import ConfigError, register_secrets
-from kanal.core.model import ENTITIES
+from kanal.core.model import AVAILABILITY, ENTITIES, STOCK_LEVEL
 from kanal.core.places import Loc, Problems, did_you_mean, read_yaml
 from kanal.jobs.model import Job, SinkSpec, SourceSpec
 from kanal.mappings import load_mapping
 
+DERIVED = (STOCK_LEVEL.name, AVAILABILITY.name)
+"""What `kanal inventory` publishes from a job's stock movements: its sinks may take them too."""
 _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ENV_FILE = ".env"
 
@@ -283,7 +285,7 @@ def _resolve(
     provided: set[str] | None = None
     if source_spec is not None:
         wanted = _known_entities(("source",), source_spec.entities, found)
-        provided = set(wanted)
+        provided = set(wanted) | (set(DERIVED) if job is not None and job.inventory is not None else set())
         source = _connector(source_spec.connector, ("source",), found, "source")
         if source and source.source:
             source_config = _typed(source.config, source_spec.config, ("source", "config"), found)

@@ -267,7 +267,8 @@ class Topics:
     @classmethod
     def open(cls, loaded: LoadedJob, kafka: KafkaConnection) -> Topics:
         job = loaded.job
-        names = {e: job.kafka.topic(e) for e in loaded.source_entities}
+        wanted = [*loaded.source_entities, *(e for plan in loaded.sinks for e in plan.entities)]
+        names = {e: job.kafka.topic(e) for e in wanted}  # a sink may take what `kanal inventory` derives
         kafka.ensure_topics(list(names.values()), compact=True)
         dlq = job.kafka.dlq_topic(job.name)
         kafka.ensure_topics([dlq], compact=False)
