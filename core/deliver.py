@@ -41,13 +41,14 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_STORED, Consumer, KafkaErro
 
 from kanal.core import logs, wire
 from kanal.core.changes import keeping_engine_columns
+from kanal.core.channels import ChannelPublisher
 from kanal.core.connector import OP, VERSION, Capabilities, EntityOptions, Sink, Transform, WriteResult
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_dead_letters
 from kanal.core.errors import JobFailed, Unreachable
 from kanal.core.isolate import ROW, accepted_rows, combine, shifted, slice_id, standing_refusals, write_isolating
 from kanal.core.sinkmemory import HASH, Sifted, SinkMemory, remember_result, sift
 from kanal.core.kafka import BoundedProducer, KafkaConnection
-from kanal.core.model import Entity
+from kanal.core.model import AVAILABILITY, Entity
 from kanal.core.progress import Metrics
 from kanal.core.receipts import Receipts
 from kanal.core.retry import RetryPolicy, WaitObserver, call_with_retry
@@ -61,6 +62,10 @@ _LOST_ASSIGNMENT = (
     KafkaError.UNKNOWN_MEMBER_ID,
     KafkaError._ASSIGNMENT_LOST,
 )
+_IDLE = object()
+"""A writer's turn without a batch: time to flush the channel outbox."""
+_CHANNELS = "channels"
+"""Batch ids of availability sent from the channel outbox start so (API sinks need no stable ids)."""
 _LINGER_S = 0.05
 """A batch is written when full, when nothing more arrives, or after this long:
 deltas arrive steadily, and waiting for a full batch would delay them."""
@@ -270,6 +275,7 @@ class SinkDelivery:
         partitions: dict[str, int] | None = None,
         from_start: bool = False,
         memory: SinkMemory | None = None,
+        channels: ChannelPublisher | None = None,
     ) -> None:
         """`capabilities` are the sink connector's, binding (see module docstring).
 
@@ -278,7 +284,10 @@ class SinkDelivery:
         embedded broker), and it saves the join (half a session timeout).
         `from_start` (with `partitions`): the topics were just created anew, so
         consume them from their first offset; offsets the group committed on
-        earlier topics of the same names would skip their messages."""
+        earlier topics of the same names would skip their messages.
+        `channels`: `availability` goes through this outbox (`core.channels`:
+        coalesced, decreases first, capped) instead of straight to the sink;
+        writers flush it while they wait for batches, and all of it when they end."""
         self.partitions, self.from_start = partitions, from_start
         self.name, self.job = name, job
         self.connection, self.instances, self.flows = connection, instances, flows
@@ -288,6 +297,7 @@ class SinkDelivery:
         self.retry, self.batch_rows = retry, batch_rows
         self.stable_batches, self.limits = capabilities.stable_batches, SinkLimits(capabilities)
         self.memory = memory
+        self.channels = channels
         self.attempt, self.metrics = attempt, metrics
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -497,11 +507,23 @@ class SinkDelivery:
 
     def _writer(self, sink: Sink, inbox: queue.Queue[_Batch | None]) -> None:
         logs.bind(job=self.job, sink=self.name)
+        wait = max(self.channels.window_s / 2, 0.05) if self.channels is not None else None
         while True:
-            batch = inbox.get()
-            if batch is None or self._failed.is_set():
+            try:
+                batch: _Batch | object | None = inbox.get(timeout=wait)
+            except queue.Empty:
+                batch = _IDLE
+            if self._failed.is_set():
                 return
             try:
+                if batch is None:  # the end: the channel outbox sends what waits
+                    if self.channels is not None:
+                        self._flush_channels(sink, all_ripe=True)
+                    return
+                if batch is _IDLE:
+                    self._flush_channels(sink)
+                    continue
+                assert isinstance(batch, _Batch)
                 self._write(sink, batch)
             except BaseException as exc:  # noqa: BLE001 - reported through self.error
                 self._fail(exc)
@@ -513,38 +535,53 @@ class SinkDelivery:
         logs.bind(entity=batch.entity)
         flow = self.flows[batch.entity]
         canonical = batch.frame(flow.entity)
+        if self.channels is not None and batch.entity == AVAILABILITY.name:
+            self.channels.offer(canonical)  # durable: the batch counts as delivered, the outbox sends it
+            self._flush_channels(sink)
+            return
+        self._write_canonical(sink, batch.entity, canonical, batch.batch_id)
+
+    def _flush_channels(self, sink: Sink, *, all_ripe: bool = False) -> None:
+        """Send the availability the outbox holds due, through the normal write path (steps 1 and 2)."""
+        assert self.channels is not None
+        batch_id = f"{_CHANNELS}-{time.time_ns()}"
+        self.channels.flush(lambda frame: self._write_canonical(sink, AVAILABILITY.name, frame, batch_id), all_ripe=all_ripe)
+
+    def _write_canonical(self, sink: Sink, entity: str, canonical: pl.DataFrame, batch_id: str) -> WriteResult:
+        flow = self.flows[entity]
         frame = keeping_engine_columns(flow.transform, canonical, "the sink mapping")
         started = time.monotonic()
         result, unchanged = write_changed(
-            sink, batch.entity, flow.options, frame, batch.batch_id, memory=self.memory,
-            limits=self.limits, target=describe_target(self.name, batch.entity, flow.options),
+            sink, entity, flow.options, frame, batch_id, memory=self.memory,
+            limits=self.limits, target=describe_target(self.name, entity, flow.options),
             retry=self.retry, cancel=self._failed, on_wait=self.metrics.waiting(self.name),
         )  # fmt: skip
-        self.metrics.add(batch.entity, "unchanged", unchanged, self.name)
+        self.metrics.add(entity, "unchanged", unchanged, self.name)
         accepted = accepted_rows(frame, result.failed)
-        self.dead_letters.supersede(batch.entity, accepted.select([c for c in (KEY, OP, VERSION) if c in frame.columns]), self.name)
+        self.dead_letters.supersede(entity, accepted.select([c for c in (KEY, OP, VERSION) if c in frame.columns]), self.name)
         seconds = time.monotonic() - started
-        TELEMETRY.wrote(self.job, batch.entity, self.name, seconds)
-        log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, batch.entity, seconds)
-        self.metrics.add(batch.entity, "written", result.written, self.name)
-        self.metrics.add(batch.entity, "skipped", result.skipped_older, self.name)
+        TELEMETRY.wrote(self.job, entity, self.name, seconds)
+        log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, entity, seconds)
+        self.metrics.add(entity, "written", result.written, self.name)
+        self.metrics.add(entity, "skipped", result.skipped_older, self.name)
         if result.failed_count:
-            self.metrics.add(batch.entity, "failed", result.failed_count, self.name)
+            self.metrics.add(entity, "failed", result.failed_count, self.name)
         failed = standing_refusals(frame, result.failed)
         if failed is None or failed.is_empty():
-            return
+            return result
         # the canonical records (not the sink-mapped ones), each change refused: a replay maps them again
         found = failed.drop(ROW, strict=False).unique().rename({"reason": REASON})
         rows = canonical.join(found, on=[c for c in (KEY, VERSION, OP) if c in found.columns])
         if not self.use_dlq:
             first = rows.row(0, named=True)
             raise JobFailed(
-                f"{self.name} refused {failed.height} {batch.entity} record(s) (policy fail); "
+                f"{self.name} refused {failed.height} {entity} record(s) (policy fail); "
                 f"first: key {first[KEY]!r}: {first[REASON]}"
             )
-        letters = letters_frame(rows, batch.entity, STAGE_SINK, self.name, flow.entity.field_names)
-        self.dead_letters.put(batch.entity, STAGE_SINK, f"{self.name}-{batch.batch_id}", letters)
+        letters = letters_frame(rows, entity, STAGE_SINK, self.name, flow.entity.field_names)
+        self.dead_letters.put(entity, STAGE_SINK, f"{self.name}-{batch_id}", letters)
         publish_dead_letters(self.dlq_producer, self.dlq_topic, letters, self.job, cancel=self._failed)
+        return result
 
 
 def first_error(deliveries: list[SinkDelivery]) -> BaseException | None:

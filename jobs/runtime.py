@@ -8,10 +8,13 @@ from pathlib import Path
 
 import polars as pl
 
+from kanal.core.channels import ChannelPublisher
 from kanal.core.connector import Sink, Source, Transform
 from kanal.core.deliver import SinkDelivery, SinkFlow
 from kanal.core.dlq import DeadLetterStore
 from kanal.core.kafka import BoundedProducer, KafkaConnection
+from kanal.core.inventory import ChannelRules
+from kanal.core.model import AVAILABILITY
 from kanal.core.model import entity as canonical
 from kanal.core.progress import Metrics
 from kanal.core.receipts import Receipts
@@ -56,6 +59,23 @@ def sink_memory(loaded: LoadedJob, sink: str) -> SinkMemory:
 def write_guard(loaded: LoadedJob, plan: SinkPlan) -> SinkMemory | None:
     """The memory the engine checks a sink's writes against, for sinks declaring `skip_unchanged`."""
     return sink_memory(loaded, plan.name) if plan.connector.capabilities.skip_unchanged else None
+
+
+def channel_outbox(loaded: LoadedJob, plan: SinkPlan) -> ChannelPublisher | None:
+    """The outbox `availability` goes through to a sink that meters its calls (`core.channels`), else None.
+
+    Tables and read models (PostgreSQL, Redis) take every change as it
+    comes; an API sink (a declared call rate, or a memory of what it sent)
+    gets availability coalesced, decreases first, within the channels'
+    `max_updates_per_key_per_day`.
+    """
+    caps = plan.connector.capabilities
+    if AVAILABILITY.name not in plan.entities or not (caps.rate_limit_per_s or caps.skip_unchanged):
+        return None
+    rules = loaded.job.inventory or ChannelRules()
+    daily = {n: c.max_updates_per_key_per_day for n, c in rules.channels.items() if c.max_updates_per_key_per_day}
+    path = loaded.state_dir / "sinks" / f"{plan.name}.channels.sqlite"
+    return ChannelPublisher(path, window_s=rules.publish_window_ms / 1000, daily=daily)
 
 
 def dead_letter_store(loaded: LoadedJob) -> DeadLetterStore:
@@ -132,6 +152,7 @@ def build_deliveries(
                 partitions={topics[e]: partitions[e] for e in flows} if job.kafka.embedded else None,
                 from_start=fresh_topics,
                 memory=write_guard(loaded, plan),
+                channels=channel_outbox(loaded, plan),
             )
         )
     return deliveries

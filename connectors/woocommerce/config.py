@@ -92,6 +92,13 @@ class WooOptions(EntityOptions):
             "skipped), and the location name given to stock_quantity when read (source; default 'default')"
         ),
     )
+    channel: str | None = Field(
+        None,
+        description=(
+            "availability: the sales channel (inventory.channels) whose availability becomes stock_quantity "
+            "(sink; required, other channels are skipped)"
+        ),
+    )
 
 
 def woo_options(options: EntityOptions) -> WooOptions:

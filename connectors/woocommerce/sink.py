@@ -14,6 +14,13 @@
 * **Stock.** The stock level of the entity option `location` becomes
   `stock_quantity` with `manage_stock: true`; other locations are skipped
   (counted as skipped). WooCommerce counts whole units.
+* **Availability** (`kanal inventory`'s sellable quantity per channel):
+  that of the entity option `channel` becomes `stock_quantity`, like a
+  stock level; other channels are skipped. It reaches the shop through the
+  engine's channel outbox (`core.channels`): coalesced, decreases first.
+  WooCommerce offers neither compare-and-set nor idempotency keys, so the
+  outbox's version check is what keeps an older value from following a
+  newer one.
 * **Customers** by email, with the customer number in the meta data
   (`customer_no`).
 
@@ -58,7 +65,7 @@ _PENDING = {"prices": "woocommerce:pending-prices", "stock_levels": "woocommerce
 """Memory namespaces: fields waiting for a product not in the shop yet (SKU -> JSON)."""
 _DUPLICATE = {"product_invalid_sku", "registration-error-email-exists", "woocommerce_rest_product_not_created"}
 _GONE = {"woocommerce_rest_product_invalid_id", "woocommerce_rest_product_variation_invalid_id", "woocommerce_rest_invalid_id"}
-ENTITIES = ("products", "prices", "stock_levels", "customers")
+ENTITIES = ("products", "prices", "stock_levels", "availability", "customers")
 
 
 @dataclass
@@ -109,6 +116,8 @@ class WooSink(Sink):
             raise ConfigError(f"{self.system}: set entities.prices.price_list (the list whose prices become regular_price)")
         if entity == "stock_levels" and not opts.location:
             raise ConfigError(f"{self.system}: set entities.stock_levels.location (the location whose stock the shop shows)")
+        if entity == "availability" and not opts.channel:
+            raise ConfigError(f"{self.system}: set entities.availability.channel (the sales channel whose availability the shop shows)")
 
     def write(self, entity: str, options: EntityOptions, frame: pl.DataFrame, batch_id: str) -> WriteResult:
         outcome = _Outcome()
@@ -121,6 +130,7 @@ class WooSink(Sink):
             "products": self._products,
             "prices": self._prices,
             "stock_levels": self._stock,
+            "availability": self._availability,
             "customers": self._customers,
         }[entity]
         writer(upserts, deleted, woo_options(options), outcome)
@@ -318,6 +328,12 @@ class WooSink(Sink):
         }
         fields.update({sku: (key, {"manage_stock": False}) for key, sku in deleted.select(KEY, "sku").iter_rows()})
         self._set_fields("stock_levels", fields, outcome)
+
+    def _availability(self, rows: pl.DataFrame, deleted: pl.DataFrame, opts: WooOptions, outcome: _Outcome) -> None:
+        """A channel's availability is the stock the shop may sell: written as the stock level of a location named so."""
+        as_stock = [pl.col("channel").alias("location"), *([pl.col("quantity").alias("available")] if "quantity" in rows.columns else [])]
+        stock = opts.model_copy(update={"location": opts.channel})
+        self._stock(rows.with_columns(as_stock), deleted.with_columns(pl.col("channel").alias("location")), stock, outcome)
 
     def _set_fields(self, entity: str, fields: dict[str, tuple[str, Json]], outcome: _Outcome) -> None:
         """Update fields of products and variations by SKU; those not in the shop yet wait for their create."""
