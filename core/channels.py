@@ -56,10 +56,11 @@ CREATE TEMP TABLE IF NOT EXISTS offered (
 _ACCEPT = """
 INSERT INTO pending (key, channel, quantity, version, since, record)
 SELECT o.key, o.channel, o.quantity, o.version, :now, o.record FROM offered o LEFT JOIN sent s ON s.key = o.key
-WHERE s.version IS NULL OR o.version > s.version
+WHERE s.version IS NULL OR o.version IS NULL OR o.version > s.version
 ON CONFLICT (key) DO UPDATE SET quantity = excluded.quantity, version = excluded.version, record = excluded.record
-WHERE excluded.version > pending.version
+WHERE excluded.version IS NULL OR pending.version IS NULL OR excluded.version > pending.version
 """
+"""Records without a version (a snapshot of a source that has none) cannot be ordered: the last one to arrive wins."""
 _DUE = """
 SELECT p.key, p.version, p.record FROM pending p LEFT JOIN sent s ON s.key = p.key
 WHERE p.since <= :ripe AND (s.day IS NULL OR s.day <> :day OR s.count < COALESCE(
@@ -68,7 +69,7 @@ ORDER BY CASE WHEN p.quantity < s.quantity THEN 0 ELSE 1 END, p.quantity - COALE
 """
 _SENT = """
 INSERT INTO sent (key, quantity, version, day, count)
-SELECT key, quantity, version, :day, 1 FROM pending WHERE key = :key AND version = :version
+SELECT key, quantity, version, :day, 1 FROM pending WHERE key = :key AND version IS :version
 ON CONFLICT (key) DO UPDATE SET quantity = excluded.quantity, version = excluded.version, day = excluded.day,
     count = CASE WHEN sent.day = excluded.day THEN sent.count + 1 ELSE 1 END
 """
@@ -115,7 +116,9 @@ class ChannelPublisher:
         """Keep the newest version per key of `frame` waiting (durably); returns how many keys now wait with it."""
         if frame.is_empty():
             return 0
-        newest = frame.sort(VERSION, nulls_last=False).unique(KEY, keep="last", maintain_order=True)
+        if VERSION not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, pl.Int64).alias(VERSION))
+        newest = frame.sort(VERSION, nulls_last=False, maintain_order=True).unique(KEY, keep="last", maintain_order=True)
         records = newest.select([c for c in _RECORD_SCHEMA if c in newest.columns])
         if OP not in records.columns:
             records = records.with_columns(pl.lit(UPSERT).alias(OP))
@@ -155,7 +158,7 @@ class ChannelPublisher:
             with self._transaction() as db:
                 db.executemany(_SENT, [{"key": k, "version": v, "day": day} for k, v, _ in due if k not in refused_keys])
                 db.executemany(_REFUSED, [{"key": k, "version": v} for k, v, _ in due if k in refused_keys])
-                db.executemany("DELETE FROM pending WHERE key = ? AND version = ?", [(k, v) for k, v, _ in due])
+                db.executemany("DELETE FROM pending WHERE key = ? AND version IS ?", [(k, v) for k, v, _ in due])
             return Flushed(len(due) - len(refused_keys), refused, waiting)
 
     @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from kanal.core.retry import RetryPolicy
 from kanal.core.sinkmemory import SinkMemory
 from kanal.core.model import AVAILABILITY
 from kanal.core.validate import KEY
+from tests.conftest import Cli, Databases
 
 NOON = dt.datetime(2026, 12, 2, 12, tzinfo=dt.UTC).timestamp()
 
@@ -156,4 +158,43 @@ def test_a_woocommerce_shop_gets_the_settled_value_of_its_channel_in_one_call(tm
     finally:
         sink.close()
         publisher.close()
+        sim.stop()
+
+
+AVAILABILITY_JOB = """
+name: availability-to-woo
+kafka: {bootstrap_servers: embedded}
+source:
+  connector: postgres
+  config: {dsn: "${ERP_DSN}"}
+  entities:
+    availability: {table: erp_availability}
+sinks:
+  - name: woo
+    connector: woocommerce
+    config: {url: "${WOO_URL}", consumer_key: ck_test, consumer_secret: cs_test}
+    entities:
+      availability: {channel: web}
+"""
+
+
+def test_a_run_delivers_availability_to_an_api_sink_through_the_outbox(cli: Cli, dbs: Databases) -> None:
+    """The delivery's hook end to end (CLI, embedded broker, PostgreSQL, the WooCommerce simulator over HTTP)."""
+    sim = WooSimulator().start()
+    try:
+        for i in range(1, 31):
+            sim.add_product(sku=f"P{i}", name=f"Product {i}", manage_stock=True, stock_quantity=100)
+        dbs.erp_sql("create table erp_availability (sku text, channel text, quantity numeric, primary key (sku, channel))")
+        dbs.erp_sql("insert into erp_availability select 'P' || g, c, g from generate_series(1, 30) g, unnest(array['web', 'mp']) c")
+        cli.env["WOO_URL"] = sim.url
+        cli.write_job(AVAILABILITY_JOB)
+        cli.run("migrate", "job.yaml", "--quiet", check=True)
+        shop = sim.by_sku()
+        assert {sku: shop[sku]["stock_quantity"] for sku in shop} == {f"P{i}": i for i in range(1, 31)}
+        assert sim.calls["POST products/batch"] == 1  # 30 skus coalesced into one batch call
+        outbox = cli.folder / ".kanal" / "availability-to-woo" / "sinks" / "woo.channels.sqlite"
+        with sqlite3.connect(outbox) as db:  # the outbox carried every record, and holds none back after the run
+            assert db.execute("select count(*) from sent").fetchone()[0] == 60
+            assert db.execute("select count(*) from pending").fetchone()[0] == 0
+    finally:
         sim.stop()
