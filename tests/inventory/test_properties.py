@@ -257,6 +257,6 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 LedgerMachine.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=30, stateful_step_count=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestLedgerProperties = LedgerMachine.TestCase

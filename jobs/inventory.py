@@ -1,0 +1,295 @@
+"""`kanal inventory JOB`: the aggregator that turns stock movements into stock levels and channel availability.
+
+It reads the job's `stock_movements` topic in batches, applies each batch to
+the ledger of its partition (`core.inventory.Ledger`, one SQLite file per
+partition under `<state_dir>/inventory/`) and publishes what changed to the
+`stock_levels` and `availability` topics as keyed JSON records, the wire
+format of deltas, so the job's sinks (`kanal sync`/`kanal run`) deliver them
+like any other change. Per cycle, in this order:
+
+1. one ledger transaction per partition: the batch's movements, the levels
+   they change, and the input offset the batch ends at;
+2. reservations that expired are released (also ledger transactions);
+3. what changed since the last publication is sent and acknowledged by the
+   broker (the ledger is the outbox: a crash before the acks sends it again);
+4. the consumer group's offsets are committed.
+
+Exactly once: the ledger stores the offset it read up to in the same
+transaction as the movements, and a partition assigned to this process is
+read from there (from the start for a ledger it never had: the movements
+topic keeps every movement, so the ledger is rebuilt). Movements seen before
+are ignored by their `event_id` anyway. Stock movements are partitioned by
+sku, so every location of a sku is in one ledger and channel availability,
+which sums locations, is computed in one place; more processes of the job
+share the partitions through the consumer group.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from kanal.core import wire
+from kanal.core.connector import DELETE, OP, UPSERT, VERSION
+from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame
+from kanal.core.errors import BrokerUnavailable, ConfigError, Unreachable
+from kanal.core.inventory import ChannelRules, Ledger
+from kanal.core.inventory.ledger import Changes
+from kanal.core.inventory.movements import REJECTED
+from kanal.core.kafka import BoundedProducer, KafkaConnection, quiet_rdkafka
+from kanal.core.model import AVAILABILITY, STOCK_LEVEL, STOCK_MOVEMENT, Entity
+from kanal.core.validate import KEY
+from kanal.jobs.load import LoadedJob
+
+log = logging.getLogger("kanal.inventory")
+DERIVED = (STOCK_LEVEL.name, AVAILABILITY.name)
+"""The entities `kanal inventory` publishes; sinks of the job may take them."""
+_SOURCE = b"inventory"
+_DECIMALS = {"on_hand", "reserved", "available", "unavailable", "incoming", "quantity", "version"}
+
+
+@dataclass
+class InventoryReport:
+    job: str
+    movements: int = 0
+    """Movements read from the topic (duplicates included)."""
+    rejected: int = 0
+    levels: int = 0
+    """Stock level records published."""
+    availability: int = 0
+    """Availability records published."""
+    partitions: set[int] = field(default_factory=set)
+    seconds: float = 0.0
+
+
+def require_inventory(loaded: LoadedJob) -> ChannelRules:
+    """The job's `inventory:` rules; refuses jobs `kanal inventory` cannot run, naming the fix."""
+    rules = loaded.job.inventory
+    if rules is None:
+        raise ConfigError(
+            f"{loaded.path}: no `inventory:` section; add one with the sales channels, e.g. "
+            "`inventory: {channels: {web: {locations: [WH1]}}}` (see docs/inventory.md)"
+        )
+    if loaded.job.kafka.embedded:
+        raise ConfigError(
+            f"{loaded.path}: `kanal inventory` reads the stock movements other processes publish, so it needs a "
+            "broker they share, not `kafka.bootstrap_servers: embedded` (memory of one process): set it to your "
+            "cluster, or run `kanal broker --port 9092` and use localhost:9092"
+        )
+    return rules
+
+
+def ledger_path(loaded: LoadedJob, partition: int) -> Path:
+    return loaded.state_dir / "inventory" / f"ledger-p{partition}.sqlite"
+
+
+def canonical_records(entity: Entity, frame: pl.DataFrame) -> pl.DataFrame:
+    """Ledger rows (integers) as canonical change records: decimal text, key, op and version."""
+    return frame.select(
+        *[pl.col(f.name).cast(pl.String) if f.name in _DECIMALS else pl.col(f.name) for f in entity.fields if f.name in frame.columns],
+        entity.key_expr(),
+        pl.lit(UPSERT).alias(OP),
+        pl.col("version").cast(pl.Int64).alias(VERSION),
+    )
+
+
+def run(
+    loaded: LoadedJob, *, stop: threading.Event | None = None, once: bool = False, batch_rows: int = 50_000,
+    verbose: bool = False,
+) -> InventoryReport:  # fmt: skip
+    """Aggregate JOB's stock movements until `stop` (or, `once`, until every assigned partition is read to its end)."""
+    rules = require_inventory(loaded)
+    stop = stop or threading.Event()
+    report = InventoryReport(loaded.name)
+    started = time.monotonic()
+    with quiet_rdkafka(verbose), KafkaConnection(loaded.job.kafka) as kafka:
+        aggregator = _Aggregator(loaded, kafka, rules, report, batch_rows)
+        try:
+            aggregator.run(stop, once)
+        finally:
+            aggregator.close()
+            report.seconds = time.monotonic() - started
+    return report
+
+
+class _Aggregator:
+    def __init__(
+        self, loaded: LoadedJob, kafka: KafkaConnection, rules: ChannelRules, report: InventoryReport, batch_rows: int
+    ) -> None:
+        settings = loaded.job.kafka
+        self.loaded, self.kafka, self.rules, self.report, self.batch_rows = loaded, kafka, rules, report, batch_rows
+        self.topic = settings.topic(STOCK_MOVEMENT.name)
+        self.outputs = {e: settings.topic(e) for e in DERIVED}
+        kafka.ensure_topics([self.topic, *self.outputs.values()], compact=True)
+        self.out_partitions = {e: kafka.partitions_of(t) for e, t in self.outputs.items()}
+        self.ledgers: dict[int, Ledger] = {}
+        self._eof: set[int] = set()
+        self.dead_letters = DeadLetterStore(loaded.state_dir / "dlq")
+        self.producer = BoundedProducer(kafka, max_in_flight=200_000, **{"linger.ms": 2})
+        self.consumer: Consumer = kafka.consumer(
+            f"{settings.topic_prefix}.{loaded.name}.inventory", **{"enable.partition.eof": True}
+        )
+        self._errors: list[str] = []
+        self._lock = threading.Lock()
+
+    # partitions ---------------------------------------------------------------
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Open each partition's ledger and read the partition from where that ledger stopped."""
+        for tp in partitions:
+            ledger = self.ledgers.get(tp.partition) or Ledger(ledger_path(self.loaded, tp.partition), self.rules)
+            self.ledgers[tp.partition] = ledger
+            tp.offset = ledger.offsets().get((tp.topic, tp.partition), OFFSET_BEGINNING)
+            self.report.partitions.add(tp.partition)
+            self._eof.discard(tp.partition)
+        consumer.assign(partitions)
+        log.info("inventory: assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Another process takes these partitions: publish what their ledgers hold unpublished, then let go."""
+        self._publish([p.partition for p in partitions if p.partition in self.ledgers])
+        for tp in partitions:
+            ledger = self.ledgers.pop(tp.partition, None)
+            if ledger is not None:
+                ledger.close()
+        log.info("inventory: revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+
+    # the loop -------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, once: bool) -> None:
+        self.consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
+        while not stop.is_set():
+            messages = self.consumer.consume(num_messages=self.batch_rows, timeout=0.2)
+            read = self._take(messages)
+            offsets = self._apply(read)
+            self._expire()
+            self._publish(list(self.ledgers))
+            if offsets:
+                self._commit(offsets)
+            if once and self.ledgers and self._eof >= set(self.ledgers) and not read:
+                return
+
+    def _take(self, messages: list[Message]) -> dict[int, tuple[list[pl.DataFrame], list[bytes], int]]:
+        """Messages by partition: bulk frames, JSON lines, and the offset after the last one."""
+        read: dict[int, tuple[list[pl.DataFrame], list[bytes], int]] = defaultdict(lambda: ([], [], 0))
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._eof.add(msg.partition())
+                    continue
+                if err.fatal() or not err.retriable():
+                    raise Unreachable("kafka", f"consumer error: {err.str()}")
+                continue
+            partition = msg.partition()
+            self._eof.discard(partition)
+            frames, lines, _ = read[partition]
+            read[partition] = (frames, lines, msg.offset() + 1)
+            headers = wire.headers_of(msg.headers())
+            if headers.get(wire.H_OP) == DELETE or msg.value() is None:
+                continue  # a movement is a fact: a delete of one changes no stock
+            if headers.get(wire.H_FORMAT, "json") == "json":
+                lines.append(msg.value())
+            else:
+                frames.append(wire.decode_arrow(msg.value()))
+        return read
+
+    def _apply(self, read: dict[int, tuple[list[pl.DataFrame], list[bytes], int]]) -> dict[int, int]:
+        """One ledger transaction per partition; returns the offsets to commit."""
+        schema = pl.Schema({**STOCK_MOVEMENT.schema, KEY: pl.String, OP: pl.String, VERSION: pl.Int64})
+        offsets = {}
+        for partition, (frames, lines, end) in read.items():
+            ledger = self.ledgers.get(partition)
+            if ledger is None:
+                continue  # revoked meanwhile: the new owner reads it from its own ledger's offset
+            parts = [*frames, *([wire.decode_lines(lines, schema)] if lines else [])]
+            frame = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame(schema=schema)
+            changes = ledger.apply_frame(frame, {(self.topic, partition): end})
+            self.report.movements += frame.height
+            self._dead_letter(partition, end, changes)
+            offsets[partition] = end
+        return offsets
+
+    def _dead_letter(self, partition: int, end: int, changes: Changes) -> None:
+        rejected = changes.rejected
+        if rejected.is_empty():
+            return
+        self.report.rejected += rejected.height
+        rows = rejected.with_columns(pl.col("event_id").fill_null("").alias(KEY))
+        letters = letters_frame(rows, STOCK_MOVEMENT.name, STAGE_SINK, "inventory", STOCK_MOVEMENT.field_names)
+        self.dead_letters.put(STOCK_MOVEMENT.name, STAGE_SINK, f"inventory-p{partition}-{end}", letters)
+        first = rejected.row(0, named=True)
+        log.warning(
+            "inventory: %d stock movement(s) refused (see `kanal dlq %s show`); first: event_id %r: %s",
+            rejected.height, self.loaded.path.name, first["event_id"], first[REJECTED],
+        )  # fmt: skip
+
+    def _expire(self) -> None:
+        for ledger in list(self.ledgers.values()):
+            ledger.expire()
+
+    def _publish(self, partitions: list[int]) -> None:
+        """Send what each ledger changed since its last publication, decreases first; wait for the broker's acks."""
+        sent: list[tuple[Ledger, int]] = []
+        for partition in partitions:
+            ledger = self.ledgers[partition]
+            position = ledger.position
+            if position == ledger.published:
+                continue
+            changes = ledger.changes_since(ledger.published)
+            self._send(STOCK_LEVEL, changes.levels)
+            self._send(AVAILABILITY, changes.availability)
+            self.report.levels += changes.levels.height
+            self.report.availability += changes.availability.height
+            sent.append((ledger, changes.position))
+        if not sent:
+            return
+        left = self.producer.flush(30)
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if left or errors:
+            raise BrokerUnavailable("kafka", f"stock levels not published: {errors[0] if errors else f'{left} unacknowledged'}")
+        for ledger, position in sent:
+            ledger.mark_published(position)
+
+    def _send(self, entity: Entity, frame: pl.DataFrame) -> None:
+        if frame.is_empty():
+            return
+        records = wire.record_messages(canonical_records(entity, frame), self.out_partitions[entity.name])
+        common = [
+            (wire.H_ENTITY, entity.name.encode()), (wire.H_FORMAT, b"json"), (wire.H_JOB, self.loaded.name.encode()),
+            (wire.H_SOURCE, _SOURCE), (wire.H_SCHEMA, wire.SCHEMA_VERSION),
+        ]  # fmt: skip
+        self.producer.send_records(
+            self.outputs[entity.name],
+            ((r.key, r.value, r.partition, [*common, (wire.H_OP, r.op), (wire.H_VERSION, r.version)]) for r in records),
+            self._acked,
+        )
+
+    def _acked(self, err: KafkaError | None) -> None:
+        if err is not None:
+            with self._lock:
+                self._errors.append(err.str())
+
+    def _commit(self, offsets: dict[int, int]) -> None:
+        try:
+            self.consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()], asynchronous=False)
+        except KafkaException as exc:
+            # Partitions moved to another process: it reads from its ledger's offset, not from this commit.
+            log.info("inventory: offsets not committed (%s)", exc)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.producer.close(timeout=10)
+            for ledger in self.ledgers.values():
+                ledger.close()
+            self.ledgers.clear()
