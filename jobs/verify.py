@@ -132,7 +132,8 @@ def _entities(loaded: LoadedJob, only: str | None) -> list[str]:
 
 
 def _from_ledger(loaded: LoadedJob, entity: str) -> bool:
-    return entity in DERIVED and entity not in loaded.source_entities and loaded.job.inventory is not None
+    """Stock levels and availability of a job with `inventory:` are what its ledgers say (`kanal inventory`)."""
+    return entity in DERIVED and loaded.job.inventory is not None
 
 
 def _compare_all(loaded: LoadedJob, entities: list[str]) -> list[_Compared]:
@@ -169,7 +170,13 @@ def _ledger_records(loaded: LoadedJob, name: str) -> pl.DataFrame:
     model = canonical(name)
     frames = []
     rules = loaded.job.inventory
-    for path in sorted((loaded.state_dir / "inventory").glob("ledger-p*.sqlite")):
+    paths = sorted((loaded.state_dir / "inventory").glob("ledger-p*.sqlite"))
+    if not paths:
+        raise ConfigError(
+            f"{loaded.path}: job {loaded.name} has no inventory ledger yet to compare {name} with; "
+            f"run `kanal inventory {loaded.path.name}` first"
+        )
+    for path in paths:
         partition = int(path.stem.removeprefix("ledger-p"))
         with Ledger(ledger_path(loaded, partition), rules) as ledger:
             changes = ledger.changes_since(0)
@@ -202,10 +209,12 @@ def _compare(loaded: LoadedJob, plan: SinkPlan, name: str, expected: pl.DataFram
     drift.sink_rows = held.height
     ours = expected.select(KEY, _digest(expected, model, columns, expected))
     theirs = held.select(KEY, _digest(held, model, columns, expected))
-    both = ours.join(theirs, on=KEY, how="full", coalesce=True, suffix="_sink")
+    twice = theirs.filter(pl.col(KEY).is_duplicated())  # a key held twice differs, whatever its rows hold
+    both = ours.join(theirs.unique(KEY), on=KEY, how="full", coalesce=True, suffix="_sink")
     drift.missing = _keys(both.filter(pl.col(f"{_DIGEST}_sink").is_null()))
     drift.extra = _keys(both.filter(pl.col(_DIGEST).is_null()))
-    drift.different = _keys(both.filter(pl.col(_DIGEST) != pl.col(f"{_DIGEST}_sink")))
+    different = both.filter((pl.col(_DIGEST) != pl.col(f"{_DIGEST}_sink")) | pl.col(KEY).is_in(twice.get_column(KEY)))
+    drift.different = _keys(different.filter(pl.col(_DIGEST).is_not_null()))
     return _Compared(drift, expected, held)
 
 
@@ -290,6 +299,8 @@ def _write_repair(loaded: LoadedJob, plan: SinkPlan, sink: Sink, drift: Drift, f
         target=describe_target(plan.name, drift.entity, ep.options), retry=loaded.job.errors.retry,
         cancel=threading.Event(),
     )  # fmt: skip
+    with loaded.at(drift.entity, sink=plan.name):
+        sink.finish(drift.entity, ep.options)  # a table the repair created gets its key (duplicates removed)
     if result.failed is not None and not result.failed.is_empty():
         first = result.failed.row(0, named=True)
         drift.note = f"{result.failed.height} record(s) refused by the sink; first: key {first[KEY]!r}: {first['reason']}"

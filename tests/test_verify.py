@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from decimal import Decimal
 
 import polars as pl
 
 from kanal.connectors.files.config import FilesConfig, FilesSinkOptions
 from kanal.connectors.files.sink import FilesSink
+from kanal.connectors.redis import RedisInventory
 from kanal.core.connector import DELETE, OP, UPSERT, VERSION
+from kanal.core.inventory import Ledger, Movement
 from kanal.core.model import PRODUCT
+from kanal.jobs.inventory import ledger_path
 from kanal.jobs.load import load_job
 from kanal.jobs.verify import verify
 from tests import erp
@@ -106,3 +111,63 @@ def test_files_are_read_back_with_their_change_log_and_repaired_through_it(cli: 
     assert not report.drifted, report.as_dict()
     assert report.repaired is not None and report.repaired[0].different == ["P3", "P4"]
     assert sorted(sink.read_back("products", options).get_column("sku").to_list()) == [f"P{i}" for i in range(1, 7)]
+
+
+STOCK_JOB = """
+name: stock
+kafka: {bootstrap_servers: embedded}
+source:
+  connector: postgres
+  config: {dsn: "${ERP_DSN}"}
+  entities:
+    stock_movements: {table: erp_movements}
+    stock_levels: {table: erp_stock}
+    availability: {table: erp_availability}
+inventory:
+  channels:
+    web: {locations: [WH1, S1], buffer: 1}
+sinks:
+  - name: shop
+    connector: postgres
+    config: {dsn: "${SHOP_DSN}"}
+    entities:
+      stock_levels: {table: shop_stock}
+      availability: {table: shop_availability}
+  - name: read-model
+    connector: redis
+    config: {data_dir: "${REDIS_DIR}"}
+    entities:
+      availability: {}
+"""
+
+
+def test_stock_is_verified_against_the_ledger_in_postgres_and_redis(cli: Cli, dbs: Databases, monkeypatch) -> None:
+    for name, value in (("ERP_DSN", dbs.erp), ("SHOP_DSN", dbs.shop), ("REDIS_DIR", str(cli.folder / "redis"))):
+        monkeypatch.setenv(name, value)
+    loaded = load_job(str(cli.write_job(STOCK_JOB)))
+    assert loaded.job.inventory is not None
+    at = dt.datetime(2026, 12, 1, 9, tzinfo=dt.UTC)
+    with Ledger(ledger_path(loaded, 0), loaded.job.inventory) as ledger:
+        ledger.apply([Movement(f"r{i}{loc}", f"S-{i}", loc, 10 + i, "receipt", at) for i in range(5) for loc in ("WH1", "S1")])
+        ledger.apply([Movement("sale-1", "S-1", "S1", -3, "sale", at + dt.timedelta(minutes=5))])
+
+    first = verify(loaded, repair=True)  # empty sinks: everything is missing, and written
+    assert {(d.sink, d.entity): len(d.missing) for d in first.repaired or []} == {
+        ("shop", "stock_levels"): 10, ("shop", "availability"): 5, ("read-model", "availability"): 5,
+    }
+    assert not first.drifted, first.as_dict()
+    assert dbs.shop_sql("select quantity from shop_availability where sku = 'S-1'") == [(Decimal("18"),)]  # 11 + (11 - 3) - buffer 1
+
+    dbs.shop_sql("update shop_stock set on_hand = 99 where sku = 'S-2' and location = 'WH1'")
+    dbs.shop_sql("delete from shop_availability where sku = 'S-3'")
+    with RedisInventory(data_dir=str(cli.folder / "redis")) as model:
+        model.connection.client.hset("kanal:availability:web:S-4", "quantity", "500")
+        model.connection.client.hset("kanal:availability:web:GHOST", mapping={"sku": "GHOST", "channel": "web", "quantity": "1"})
+    drift = {(d.sink, d.entity): (d.missing, d.extra, d.different) for d in verify(loaded).drifts}
+    assert drift == {
+        ("shop", "stock_levels"): ([], [], ["S-2|WH1"]),
+        ("shop", "availability"): (["S-3|web"], [], []),
+        ("read-model", "availability"): ([], ["GHOST|web"], ["S-4|web"]),
+    }
+    assert not verify(loaded, repair=True).drifted
+    assert dbs.shop_sql("select on_hand from shop_stock where sku = 'S-2' and location = 'WH1'") == [(Decimal("12"),)]

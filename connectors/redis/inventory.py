@@ -54,6 +54,20 @@ class Reservation:
         return self.status in ("reserved", "held")
 
 
+def read_records(connection: Connection, prefix: str, entity: str) -> pl.DataFrame:
+    """Every record hash of `entity` under `prefix`, as text columns (empty frame: none)."""
+    layout = LAYOUTS[entity]
+    client = connection.client
+    with connection.translated():
+        keys = sorted(client.scan_iter(match=layout.pattern(prefix), count=1000, _type="HASH"))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        hashes = pipe.execute()
+    rows = [{k.decode(): v.decode() for k, v in h.items()} for h in hashes]
+    return pl.DataFrame(rows, infer_schema_length=None).cast(pl.String) if rows else pl.DataFrame()
+
+
 class RedisInventory:
     """Availability and reservations on the Redis a Kanal redis sink writes (see the module docstring)."""
 
@@ -97,16 +111,7 @@ class RedisInventory:
 
     def read(self, entity: str) -> pl.DataFrame:
         """Every record of `entity` (availability, stock_levels) held now, as text columns."""
-        layout = LAYOUTS[entity]
-        client = self.connection.client
-        with self.connection.translated():
-            keys = sorted(client.scan_iter(match=layout.pattern(self.config.prefix), count=1000, _type="HASH"))
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hgetall(key)
-            hashes = pipe.execute()
-        rows = [{k.decode(): v.decode() for k, v in h.items()} for h in hashes]
-        return pl.DataFrame(rows, infer_schema_length=None).cast(pl.String) if rows else pl.DataFrame()
+        return read_records(self.connection, self.config.prefix, entity)
 
     def changes(self, entity: str, after: str = "0", count: int = 1000) -> list[tuple[str, dict[str, str]]]:
         """Entries of the entity's change stream after the entry id `after`, oldest first."""

@@ -28,9 +28,11 @@ from redis.commands.core import Script
 
 from kanal.connectors.redis import scripts
 from kanal.connectors.redis.config import Connection, RedisConfig
+from kanal.connectors.redis.inventory import read_records
 from kanal.connectors.redis.layout import LAYOUTS, Layout
 from kanal.core.connector import DELETE, OP, UPSERT, VERSION, EntityOptions, Sink, WriteResult
 from kanal.core.errors import ConfigError, ConnectorError
+from kanal.core.model import entity as canonical
 from kanal.core.validate import KEY
 
 ENTITIES = tuple(LAYOUTS)
@@ -78,6 +80,16 @@ class RedisSink(Sink):
         if applied + skipped != rows.height:
             raise ConnectorError(self.system, f"{entity}: the script applied {applied} and skipped {skipped} of {rows.height}")
         return WriteResult(written=int(applied), skipped_older=int(skipped), failed=failed if failed.height else None)
+
+    def read_back(self, entity: str, options: EntityOptions) -> pl.DataFrame:
+        """Every record hash of `entity` (`RedisInventory.read`): its fields and `_kanal_version`, as text."""
+        frame = read_records(self.connection, self.config.prefix, entity)
+        names = [*canonical(entity).field_names, VERSION]
+        if not frame.width:
+            return pl.DataFrame(schema={**{n: pl.String for n in names}, VERSION: pl.Int64})
+        return frame.select([pl.col(n) if n in frame.columns else pl.lit(None, pl.String).alias(n) for n in names]).with_columns(
+            pl.col(VERSION).cast(pl.Int64, strict=False)
+        )
 
     def _apply(self) -> Script:
         """The batch script (EVALSHA, loaded again by redis-py when the server lost it)."""
