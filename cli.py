@@ -29,6 +29,7 @@ from kanal.core.errors import ConfigError, KanalError
 from kanal.core.schedule import parse_cron, parse_timezone
 from kanal.jobs import check as check_job
 from kanal.jobs import dlq as dlq_job
+from kanal.jobs import inventory as inventory_job
 from kanal.jobs import reports
 from kanal.jobs import scaffold
 from kanal.jobs import service
@@ -430,6 +431,27 @@ def _print_stream(report: StreamReport, job: str) -> None:
                 for s in m.sinks
             )
             out.print(f"  {name}: {c.read:,} changes read; written: {written}; dead letters {c.dead:,}")
+
+
+@main.command()
+@JOB
+@click.option("--once", is_flag=True, help="Apply the movements there are now, publish what changed, exit.")
+@click.pass_context
+@handled
+def inventory(ctx: click.Context, job: str, once: bool) -> None:
+    """Turn JOB's stock movements into stock levels and channel availability (see docs/inventory.md).
+
+    Reads the stock_movements topic, applies it to a durable ledger and
+    publishes the changed stock_levels and availability records, which
+    `kanal sync`/`kanal run` deliver to the job's sinks. Start it on several
+    machines to share the partitions.
+    """
+    with _graceful() as stop:
+        loaded = _load(job)
+        report = inventory_job.run(loaded, stop=stop, once=once, verbose=ctx.obj["verbose"])
+    out.print(f"inventory {report.job}: {report.movements:,} movements read ({report.rejected:,} refused: "
+              f"`kanal dlq {job} show`), {report.levels:,} stock levels and {report.availability:,} availability "
+              f"records published from partitions {sorted(report.partitions)}, {report.seconds:.1f}s")
 
 
 @main.command()

@@ -46,11 +46,9 @@ from kanal.core.inventory.movements import REJECTED
 from kanal.core.kafka import BoundedProducer, KafkaConnection, quiet_rdkafka
 from kanal.core.model import AVAILABILITY, STOCK_LEVEL, STOCK_MOVEMENT, Entity
 from kanal.core.validate import KEY
-from kanal.jobs.load import LoadedJob
+from kanal.jobs.load import DERIVED, LoadedJob
 
 log = logging.getLogger("kanal.inventory")
-DERIVED = (STOCK_LEVEL.name, AVAILABILITY.name)
-"""The entities `kanal inventory` publishes; sinks of the job may take them."""
 _SOURCE = b"inventory"
 _DECIMALS = {"on_hand", "reserved", "available", "unavailable", "incoming", "quantity", "version"}
 

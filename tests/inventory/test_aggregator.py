@@ -8,6 +8,8 @@ JSON record each, partitioned by sku.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,3 +150,18 @@ def test_a_stop_ends_a_continuous_run(job: Path) -> None:
     stop.set()
     runner.join(30)
     assert done and not runner.is_alive()
+
+
+def test_kanal_inventory_once_reports_and_exits_0_and_refuses_the_embedded_broker_with_2(job: Path, broker: str) -> None:
+    loaded = load_job(job)
+    with KafkaConnection(loaded.job.kafka) as kafka:
+        kafka.ensure_topics([loaded.job.kafka.topic("stock_movements")], compact=True)
+    publish(broker, loaded.job.kafka.topic("stock_movements"), [Movement("r1", "A", "WH1", 7, "receipt")])
+    done = subprocess.run([sys.executable, "-m", "kanal", "inventory", str(job), "--once"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "inventory stores: 1 movements read (0 refused" in done.stdout
+    assert "1 stock levels and 2 availability records published" in done.stdout
+    text = job.read_text()
+    job.write_text("\n".join(line for line in text.splitlines() if not line.startswith("kafka:")))
+    refused = subprocess.run([sys.executable, "-m", "kanal", "inventory", str(job)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "needs a broker they share" in refused.stderr
