@@ -378,6 +378,8 @@ class SinkDelivery:
             self._fail(exc)
         finally:
             self._end_writers()
+            if self.channels is not None:
+                self.channels.close()  # the writers sent what waited; a later delivery opens the outbox again
             try:
                 self._commit_done(consumer)  # what was written before the stop (or a failure) is delivered
             except BaseException as exc:  # noqa: BLE001 - reported through self.error
