@@ -122,7 +122,7 @@ def verify(loaded: LoadedJob, entity: str | None = None, *, repair: bool = False
 def _entities(loaded: LoadedJob, only: str | None) -> list[str]:
     """The entities some sink takes, in the source's order, then the ledger's; `only` must be one of them."""
     wanted = {e for plan in loaded.sinks for e in plan.entities}
-    ordered = [e for e in (*loaded.source_entities, *DERIVED) if e in wanted]
+    ordered = [e for e in dict.fromkeys((*loaded.source_entities, *DERIVED)) if e in wanted]
     ordered += sorted(wanted - set(ordered))
     if only is None:
         return ordered

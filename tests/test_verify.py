@@ -156,6 +156,9 @@ def test_stock_is_verified_against_the_ledger_in_postgres_and_redis(cli: Cli, db
         ("shop", "stock_levels"): 10, ("shop", "availability"): 5, ("read-model", "availability"): 5,
     }
     assert not first.drifted, first.as_dict()
+    assert [(d.sink, d.entity, d.source_rows, d.sink_rows) for d in first.drifts] == [
+        ("shop", "stock_levels", 10, 10), ("shop", "availability", 5, 5), ("read-model", "availability", 5, 5),
+    ]
     assert dbs.shop_sql("select quantity from shop_availability where sku = 'S-1'") == [(Decimal("18"),)]  # 11 + (11 - 3) - buffer 1
 
     dbs.shop_sql("update shop_stock set on_hand = 99 where sku = 'S-2' and location = 'WH1'")
