@@ -27,9 +27,6 @@ def test_verify_finds_exactly_the_keys_changed_by_hand_and_repair_fixes_them(cli
     erp.seed(dbs.erp_sql, products=40, customers=1)
     cli.write_job(erp.job())
     cli.run("migrate", "job.yaml", "--quiet", check=True)
-    clean = cli.run("verify", "job.yaml")
-    assert clean.returncode == 0, clean.stdout + clean.stderr
-    assert "no drift" in clean.stdout
 
     dbs.shop_sql("delete from shop_products where sku = 'P5'")
     dbs.shop_sql("update shop_products set name = 'edited by hand' where sku = 'P7'")
