@@ -17,9 +17,10 @@ content). `repair` writes exactly those keys through the normal sink path
 refused record): the source's record for missing and different keys, a
 delete for extra ones. They carry the newest version the sink holds of the
 entity: not older than anything there, so the version check lets them
-through, and older than any change made after the source was read (those
-get later source positions), so a change the stream delivers meanwhile
-still wins. Then it verifies again.
+through. The sinks are read before the source, so any change made after
+the sinks were read has a later source position than that version: a
+change the stream delivers meanwhile still wins, and one made between the
+two reads is in the source's record already. Then it verifies again.
 
 Fields are compared by meaning, not spelling: both sides pass through the
 canonical conversion (`core.validate.conform`), decimals lose trailing
@@ -141,10 +142,11 @@ def _compare_all(loaded: LoadedJob, entities: list[str]) -> list[_Compared]:
     source = connect_source(loaded) if any(not _from_ledger(loaded, e) for e in entities) else None
     try:
         for name in entities:
+            # the sinks first: a change made after they were read is newer than all they hold, so a
+            # repair (which carries their newest version) can never overwrite it with older content
+            held = [(plan, _read_back(loaded, plan, name)) for plan in loaded.sinks if name in plan.entities]
             expected = _ledger_records(loaded, name) if _from_ledger(loaded, name) else _source_records(loaded, source, name)
-            for plan in loaded.sinks:
-                if name in plan.entities:
-                    results.append(_compare(loaded, plan, name, expected))
+            results += [_compare(plan, name, expected, raw) for plan, raw in held]
     finally:
         close_all(source, {})
     return results
@@ -186,14 +188,11 @@ def _ledger_records(loaded: LoadedJob, name: str) -> pl.DataFrame:
     return pl.concat([empty, *frames], how="diagonal_relaxed").select(empty.columns)
 
 
-def _compare(loaded: LoadedJob, plan: SinkPlan, name: str, expected: pl.DataFrame) -> _Compared:
-    model = canonical(name)
-    drift = Drift(plan.name, name, source_rows=expected.height)
+def _read_back(loaded: LoadedJob, plan: SinkPlan, name: str) -> pl.DataFrame | str:
+    """What the sink holds of `name`, or why it is not compared."""
     ep = plan.entities[name]
-    empty = pl.DataFrame(schema={KEY: pl.String, VERSION: pl.Int64})
     if ep.mapping:
-        drift.note = "not compared: the sink maps the records (sink mappings are not compared)"
-        return _Compared(drift, expected, empty)
+        return "not compared: the sink maps the records (sink mappings are not compared)"
     sink = make_sink(loaded, plan)
     try:
         reach(loaded, sink)
@@ -201,9 +200,15 @@ def _compare(loaded: LoadedJob, plan: SinkPlan, name: str, expected: pl.DataFram
             raw = sink.read_back(name, ep.options)
     finally:
         sink.close()
-    if raw is None:
-        drift.note = f"not compared: the {plan.connector.name} sink cannot read back what it holds"
-        return _Compared(drift, expected, empty)
+    return f"not compared: the {plan.connector.name} sink cannot read back what it holds" if raw is None else raw
+
+
+def _compare(plan: SinkPlan, name: str, expected: pl.DataFrame, raw: pl.DataFrame | str) -> _Compared:
+    model = canonical(name)
+    drift = Drift(plan.name, name, source_rows=expected.height)
+    if isinstance(raw, str):
+        drift.note = raw
+        return _Compared(drift, expected, pl.DataFrame(schema={KEY: pl.String, VERSION: pl.Int64}))
     columns = [f for f in model.field_names if f in raw.columns]
     held = conform(raw, model).drop(REASON).with_columns(raw.get_column(VERSION).cast(pl.Int64).alias(VERSION))
     drift.sink_rows = held.height
