@@ -769,13 +769,29 @@ def broker(port: int) -> None:
               help="Where the demo keeps its databases, job file and Parquet output.")
 @click.option("--keep", is_flag=True, help="Keep the databases running afterwards and print commands to try on them.")
 @click.option("--stop", is_flag=True, help="Stop the databases an earlier `kanal demo --keep` left running in --folder.")
+@click.option("--inventory", "real_time", is_flag=True,
+              help="The real-time inventory demo instead: store agents, the aggregator, Redis and a shop database.")
+@click.option("--seconds", type=float, default=45.0, show_default=True, help="With --inventory: how long the tills sell.")
 @handled
-def demo(scale: float, folder: str, keep: bool, stop: bool) -> None:
-    """Create an ERP and a shop database, seed the ERP, migrate everything, then stream ERP changes."""
+def demo(scale: float, folder: str, keep: bool, stop: bool, real_time: bool, seconds: float) -> None:
+    """Create an ERP and a shop database, seed the ERP, migrate everything, then stream ERP changes.
+
+    With --inventory: stores and a warehouse sell through their `kanal edge`
+    agents while `kanal inventory` and `kanal sync` keep Redis and a shop
+    database up to date; a store goes offline and comes back; the end checks
+    that every figure equals the ledger of all movements (exit 1 if not).
+    """
     from kanal.jobs import demo as demo_job
 
     if stop:
         for line in demo_job.stop(folder):
             out.print(line)
+        return
+    if real_time:
+        from kanal.jobs import inventory_demo
+
+        folder = "demo-inventory" if folder == "demo-output" else folder
+        if not inventory_demo.run(folder, seconds, console=err, out=out).ok:
+            raise SystemExit(1)
         return
     demo_job.run(folder, scale, console=err, out=out, present=_print_report, keep=keep)
