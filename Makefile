@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench torture clean
+.PHONY: demo demo-inventory test bench torture clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/kanal demo
+
+# Real-time inventory: store agents, the aggregator, Redis and a shop database, a store offline and back (~1 min)
+demo-inventory: $(STAMP)
+	$(BIN)/kanal demo --inventory
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
