@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,7 @@ import polars as pl
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kanal.core import wire
-from kanal.core.connector import DELETE, OP, UPSERT, VERSION
+from kanal.core.connector import OP, UPSERT, VERSION
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame
 from kanal.core.errors import BrokerUnavailable, ConfigError, Unreachable
 from kanal.core.inventory import ChannelRules, Ledger
@@ -50,6 +50,7 @@ from kanal.jobs.load import DERIVED, LoadedJob
 
 log = logging.getLogger("kanal.inventory")
 _SOURCE = b"inventory"
+_WIRE_SCHEMA = pl.Schema({**STOCK_MOVEMENT.schema, KEY: pl.String, OP: pl.String, VERSION: pl.Int64})
 _DECIMALS = {"on_hand", "reserved", "available", "unavailable", "incoming", "quantity", "version"}
 
 
@@ -65,6 +66,17 @@ class InventoryReport:
     """Availability records published."""
     partitions: set[int] = field(default_factory=set)
     seconds: float = 0.0
+
+
+class _Read:
+    """What one poll brought of one partition."""
+
+    __slots__ = ("frames", "lines", "end")
+
+    def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
+        self.lines: list[bytes] = []
+        self.end = 0
 
 
 def require_inventory(loaded: LoadedJob) -> ChannelRules:
@@ -136,6 +148,7 @@ class _Aggregator:
         )
         self._errors: list[str] = []
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="kanal-ledger")
 
     # partitions ---------------------------------------------------------------
 
@@ -174,46 +187,53 @@ class _Aggregator:
             if once and self.ledgers and self._eof >= set(self.ledgers) and not read:
                 return
 
-    def _take(self, messages: list[Message]) -> dict[int, tuple[list[pl.DataFrame], list[bytes], int]]:
-        """Messages by partition: bulk frames, JSON lines, and the offset after the last one."""
-        read: dict[int, tuple[list[pl.DataFrame], list[bytes], int]] = defaultdict(lambda: ([], [], 0))
+    def _take(self, messages: list[Message]) -> dict[int, _Read]:
+        """Messages by partition: bulk frames, JSON lines, and the offset after the last one.
+
+        The format is told by the value's first byte (a JSON record is an
+        object, an Arrow IPC stream starts with its 0xFF marker), which spares
+        decoding the headers of every message.
+        """
+        read: dict[int, _Read] = {}
         for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._eof.add(msg.partition())
-                    continue
-                if err.fatal() or not err.retriable():
+                elif err.fatal() or not err.retriable():
                     raise Unreachable("kafka", f"consumer error: {err.str()}")
                 continue
             partition = msg.partition()
-            self._eof.discard(partition)
-            frames, lines, _ = read[partition]
-            read[partition] = (frames, lines, msg.offset() + 1)
-            headers = wire.headers_of(msg.headers())
-            if headers.get(wire.H_OP) == DELETE or msg.value() is None:
-                continue  # a movement is a fact: a delete of one changes no stock
-            if headers.get(wire.H_FORMAT, "json") == "json":
-                lines.append(msg.value())
+            entry = read.get(partition) or read.setdefault(partition, _Read())
+            entry.end = msg.offset() + 1
+            value = msg.value()
+            if value is None:
+                continue  # a delete: a movement is a fact, and deleting one changes no stock
+            if value[:1] == b"{":
+                entry.lines.append(value)
             else:
-                frames.append(wire.decode_arrow(msg.value()))
+                entry.frames.append(wire.decode_arrow(value))
+        self._eof.difference_update(read)
         return read
 
-    def _apply(self, read: dict[int, tuple[list[pl.DataFrame], list[bytes], int]]) -> dict[int, int]:
-        """One ledger transaction per partition; returns the offsets to commit."""
-        schema = pl.Schema({**STOCK_MOVEMENT.schema, KEY: pl.String, OP: pl.String, VERSION: pl.Int64})
+    def _apply(self, read: dict[int, _Read]) -> dict[int, int]:
+        """One ledger transaction per partition, partitions in parallel; returns the offsets to commit.
+
+        SQLite works without the GIL, so the ledgers of several partitions use
+        several cores.
+        """
+        work = [(p, r) for p, r in read.items() if p in self.ledgers]  # one revoked meanwhile: its new owner reads it
         offsets = {}
-        for partition, (frames, lines, end) in read.items():
-            ledger = self.ledgers.get(partition)
-            if ledger is None:
-                continue  # revoked meanwhile: the new owner reads it from its own ledger's offset
-            parts = [*frames, *([wire.decode_lines(lines, schema)] if lines else [])]
-            frame = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame(schema=schema)
-            changes = ledger.apply_frame(frame, {(self.topic, partition): end})
+        for partition, end, frame, changes in self._pool.map(lambda item: self._apply_one(*item), work):
             self.report.movements += frame.height
             self._dead_letter(partition, end, changes)
             offsets[partition] = end
         return offsets
+
+    def _apply_one(self, partition: int, read: _Read) -> tuple[int, int, pl.DataFrame, Changes]:
+        parts = [*read.frames, *([wire.decode_lines(read.lines, _WIRE_SCHEMA)] if read.lines else [])]
+        frame = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame(schema=_WIRE_SCHEMA)
+        return partition, read.end, frame, self.ledgers[partition].apply_frame(frame, {(self.topic, partition): read.end})
 
     def _dead_letter(self, partition: int, end: int, changes: Changes) -> None:
         rejected = changes.rejected
@@ -288,6 +308,7 @@ class _Aggregator:
             self.consumer.close()
         finally:
             self.producer.close(timeout=10)
+            self._pool.shutdown()
             for ledger in self.ledgers.values():
                 ledger.close()
             self.ledgers.clear()

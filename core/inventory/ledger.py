@@ -82,9 +82,6 @@ CREATE TABLE IF NOT EXISTS availability (
     PRIMARY KEY (sku, channel)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS availability_version ON availability (version);
 CREATE TABLE IF NOT EXISTS offsets (topic TEXT, partition INTEGER, next INTEGER, PRIMARY KEY (topic, partition));
-CREATE TEMP TABLE IF NOT EXISTS b_mov (
-    event_id TEXT PRIMARY KEY, sku TEXT, location TEXT, delta INTEGER, reason TEXT, occurred_us INTEGER,
-    source TEXT, sequence TEXT, reservation_id TEXT, expires_us INTEGER, bucket TEXT, counterpart TEXT);
 CREATE TEMP TABLE IF NOT EXISTS b_eff (
     event_id TEXT, sku TEXT, location TEXT, bucket TEXT, kind TEXT, amount INTEGER, occurred_us INTEGER);
 CREATE TEMP TABLE IF NOT EXISTS b_hold (
@@ -243,6 +240,8 @@ class Ledger:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the indexes of a busy day stay in memory
+        self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.executescript(_SCHEMA)
         self._recompute_if_rules_changed()
 
@@ -486,20 +485,27 @@ class Ledger:
         """Apply checked movements inside the caller's transaction; the new ones get the next position."""
         if valid.is_empty():
             return
-        for table in ("b_mov", "b_eff", "b_hold", "b_keys"):
+        for table in ("b_eff", "b_hold", "b_keys"):
             db.execute(f"DELETE FROM {table}")
-        db.executemany(f"INSERT OR IGNORE INTO b_mov VALUES ({', '.join('?' * len(MOVEMENT_SCHEMA))})", valid.iter_rows())
-        db.execute("DELETE FROM b_mov WHERE event_id IN (SELECT event_id FROM movements)")
-        if db.execute("SELECT count(*) FROM b_mov").fetchall()[0][0] == 0:
-            return
         version = self._position(db) + 1
+        last = db.execute("SELECT COALESCE(MAX(position), 0) FROM movements").fetchall()[0][0]
+        # Straight into the ledger: the UNIQUE event_id drops what was seen before (`check` dropped
+        # repeats within the batch), and what is new is what got a position after `last`.
+        columns = ", ".join(MOVEMENT_SCHEMA)
+        db.executemany(
+            f"INSERT OR IGNORE INTO movements ({columns}, batch) VALUES ({', '.join('?' * (len(MOVEMENT_SCHEMA) + 1))})",
+            valid.with_columns(pl.lit(version).alias("batch")).sort("event_id").iter_rows(),  # in index order
+        )
+        fresh = db.execute("SELECT count(*) FROM movements WHERE position > ?", (last,)).fetchall()[0][0]
+        if fresh == 0:
+            return
         db.executemany(f"INSERT INTO b_eff VALUES ({', '.join('?' * len(EFFECT_SCHEMA))})", effects(valid).iter_rows())
         db.executemany(f"INSERT INTO b_hold VALUES ({', '.join('?' * len(HOLD_SCHEMA))})", holds(valid).iter_rows())
-        db.execute("DELETE FROM b_eff WHERE event_id NOT IN (SELECT event_id FROM b_mov)")
-        db.execute("DELETE FROM b_hold WHERE event_id NOT IN (SELECT event_id FROM b_mov)")
-        columns = ", ".join(MOVEMENT_SCHEMA)
-        db.execute(f"INSERT INTO movements ({columns}, batch) SELECT {columns}, ? FROM b_mov ORDER BY rowid", (version,))
-        db.execute("INSERT INTO effects SELECT * FROM b_eff")
+        if fresh < valid.height:  # some were seen before: their effects were counted then
+            new = f"(SELECT event_id FROM movements WHERE position > {int(last)})"
+            db.execute(f"DELETE FROM b_eff WHERE event_id NOT IN {new}")
+            db.execute(f"DELETE FROM b_hold WHERE event_id NOT IN {new}")
+        db.execute("INSERT INTO effects SELECT * FROM b_eff ORDER BY sku, location, bucket, occurred_us")
         db.execute("INSERT OR IGNORE INTO levels (sku, location, bucket, total) SELECT DISTINCT sku, location, bucket, 0 FROM b_eff")
         db.execute(_DELTAS)
         db.execute(_COUNTS)
