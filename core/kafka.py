@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -209,6 +209,21 @@ class KafkaConnection:
         )
         conf.update(overrides)
         return Consumer(conf)
+
+
+def consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    """Up to `max_messages`, waiting at most `timeout` for the first one only.
+
+    `Consumer.consume(n, timeout)` returns early only once it holds `n`
+    messages: with fewer arriving, as in a trickle of live changes, it waits
+    out its whole timeout, and a loop around it adds that wait to every
+    message's latency. This returns as soon as there is something, with
+    whatever else is already fetched.
+    """
+    first = consumer.consume(num_messages=1, timeout=timeout)
+    if not first or max_messages <= 1:
+        return first
+    return first + consumer.consume(num_messages=max_messages - 1, timeout=0)
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -43,7 +43,7 @@ from kanal.core.errors import BrokerUnavailable, ConfigError, Unreachable
 from kanal.core.inventory import ChannelRules, Ledger
 from kanal.core.inventory.ledger import Changes
 from kanal.core.inventory.movements import REJECTED
-from kanal.core.kafka import BoundedProducer, KafkaConnection, quiet_rdkafka
+from kanal.core.kafka import BoundedProducer, KafkaConnection, consume_ready, quiet_rdkafka
 from kanal.core.model import AVAILABILITY, STOCK_LEVEL, STOCK_MOVEMENT, Entity
 from kanal.core.validate import KEY
 from kanal.jobs.load import DERIVED, LoadedJob
@@ -177,7 +177,7 @@ class _Aggregator:
     def run(self, stop: threading.Event, once: bool) -> None:
         self.consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
         while not stop.is_set():
-            messages = self.consumer.consume(num_messages=self.batch_rows, timeout=0.2)
+            messages = consume_ready(self.consumer, self.batch_rows, 0.2)
             read = self._take(messages)
             offsets = self._apply(read)
             self._expire()
