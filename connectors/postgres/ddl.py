@@ -150,10 +150,13 @@ def ensure_floor(conn: psycopg.Connection, schema: str, table: str) -> None:
     """The floor table of `schema` and the row of `table` (version 0: never truncated)."""
     floor = floor_table(schema)
     try:
+        # Writers of several sinks prepare it at their first change; `if not exists` alone races on the
+        # table's row type ("type ... already exists"), so creators take turns.
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (floor,))
         conn.execute(f"create table if not exists {floor} (target text primary key, version bigint not null)")
         conn.commit()
-    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
-        conn.rollback()  # another writer created it at the same moment
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject):
+        conn.rollback()  # created by a writer that does not take the lock (an older Kanal)
     conn.execute(f"insert into {floor} values (%s, 0) on conflict do nothing", (table,))
     conn.commit()
 
