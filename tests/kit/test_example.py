@@ -80,7 +80,10 @@ def test_the_example_installs_and_passes_the_kit_and_the_kit_fails_broken_varian
     installed = install(EXAMPLE, tmp_path)
     proc, results = installed.pytest("tests/test_conformance.py")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert list(results.values()).count("passed") == len(results) == 14, results
+    not_passed = {name: outcome for name, outcome in results.items() if outcome != "passed"}
+    # read_back is optional: the example's sink does not offer it, so `kanal verify` lists it as "not compared"
+    assert not_passed == {"TestJsonapi::test_read_back_lists_every_record_held_once": "skipped"}, results
+    assert len(results) == 15, results
 
     (installed.folder / "tests" / "test_broken.py").write_text(BROKEN)
     proc, results = installed.pytest("tests/test_broken.py")
