@@ -89,35 +89,37 @@ class TopicWatch(threading.Thread):
         self.consumer.close()
 
 
-def post_sales(landscape: Landscape, tracker: Tracker, skus: dict[str, list[str]], start: dict[str, int], rate: float,
-               seconds: float, per_request: int, posted: dict[str, float]) -> int:  # fmt: skip
-    """Post sales on a monotonic schedule from one thread per store; returns how many were posted."""
+def post_sales(landscape: Landscape, tracker: Tracker, skus: dict[str, list[str]], start: dict[str, int], args: argparse.Namespace,
+               posted: dict[str, float], answered: list[float]) -> int:  # fmt: skip
+    """Post sales on a monotonic schedule, `args.posters` threads per store each selling its own skus; returns how many."""
     sold: dict[str, int] = defaultdict(int)
-    counts = dict.fromkeys(STORES, 0)
-    interval = per_request / (rate / len(STORES))
+    counts: dict[str, int] = defaultdict(int)
+    posters = [(code, n, mine[n :: args.posters]) for code, mine in skus.items() for n in range(args.posters)]
+    interval = args.per_request / (args.rate / len(posters))
     began = time.monotonic()
 
-    def store(code: str) -> None:
-        site, mine, n = landscape.sites[code], skus[code], 0
-        while (due := began + n * interval) < began + seconds:
+    def poster(code: str, number: int, mine: list[str]) -> None:
+        site, n = landscape.sites[code], 0
+        while (due := began + n * interval) < began + args.seconds:
             if (wait := due - time.monotonic()) > 0:
                 time.sleep(wait)
             records = []
             now = time.time()
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-            for i in range(per_request):
-                sku = mine[(n * per_request + i) % len(mine)]
+            for i in range(args.per_request):
+                sku = mine[(n * args.per_request + i) % len(mine)]
                 sold[sku] += 1
-                event_id = f"{code}-{n}-{i}"
+                event_id = f"{code}-{number}-{n}-{i}"
                 records.append({"event_id": event_id, "sku": sku, "location": code, "delta": -1, "reason": "sale",
                                 "occurred_at": stamp})  # fmt: skip
                 tracker.expect(Posted(AVAILABILITY.name, sku, "web", start[sku] - sold[sku], now, event_id))
                 posted[event_id] = now
             site.post(records)
-            counts[code] += per_request
+            answered.append(time.time() - now)
+            counts[f"{code}-{number}"] += args.per_request
             n += 1
 
-    threads = [threading.Thread(target=store, args=(code,)) for code in STORES]
+    threads = [threading.Thread(target=poster, args=p) for p in posters]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -138,13 +140,14 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000, help="sales per second, all stores together")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--skus", type=int, default=1000)
-    parser.add_argument("--per-request", type=int, default=10, help="sales per POST /movements")
+    parser.add_argument("--per-request", type=int, default=25, help="sales per POST /movements")
+    parser.add_argument("--posters", type=int, default=4, help="tills posting at the same time, per store")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kanal-inventory-bench-") as scratch:
         root = Path(scratch)
-        server = demo._server(root / "shop-pg")
+        server = demo.pg_server(root / "shop-pg")
         try:
-            return run(root, demo._fresh_database(server, "shop"), args)
+            return run(root, demo.fresh_database(server, "shop"), args)
         finally:
             server.cleanup()
 
@@ -169,9 +172,10 @@ def run(root: Path, shop_dsn: str, args: argparse.Namespace) -> int:
         wait_until(lambda: topics.ready.is_set() and shop.listening.is_set(), 30, "the watchers")
         time.sleep(0.5)  # XREAD's first call and the NOTIFY trigger are in place
         posted: dict[str, float] = {}
+        answered: list[float] = []
         print(f"posting {args.rate:,.0f} sales/s for {args.seconds:.0f} s over {args.skus:,} skus ...", file=sys.stderr)
         began = time.monotonic()
-        total = post_sales(landscape, tracker, skus, start, args.rate, args.seconds, args.per_request, posted)
+        total = post_sales(landscape, tracker, skus, start, args, posted, answered)
         elapsed = time.monotonic() - began
         try:
             wait_until(lambda: tracker.waiting() == 0, 60, "every sale to show in both sinks", interval=0.2)
@@ -181,8 +185,9 @@ def run(root: Path, shop_dsn: str, args: argparse.Namespace) -> int:
             watch.stop.set()
         forwarded = [topics.forwarded[e] - t for e, t in posted.items() if e in topics.forwarded]
     print(f"\n{total:,} sales posted in {elapsed:.1f} s: {total / elapsed:,.0f}/s achieved ({args.rate:,.0f}/s asked), "
-          f"{args.per_request} per request, {args.skus:,} skus")  # fmt: skip
+          f"{args.per_request} per request, {args.posters} posters per store, {args.skus:,} skus")  # fmt: skip
     print("latency from the post, ms (cumulative):")
+    print(line("POST /movements answered (journaled)", answered))
     print(line("on the movements topic (agent)", forwarded))
     print(line("on the availability topic (aggregator)", tracker.latencies["topic"]))
     print(line("in Redis (kanal sync)", tracker.latencies["redis"]))

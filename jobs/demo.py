@@ -44,7 +44,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 LOCATIONS = ("WH-BERLIN", "WH-HAMBURG", "STORE-MUNICH")
 
 
-def _server(folder: Path):  # type: ignore[no-untyped-def]
+def pg_server(folder: Path):  # type: ignore[no-untyped-def]
     # pgserver asks platformdirs for a runtime folder it does not need here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:
@@ -59,13 +59,13 @@ def _server(folder: Path):  # type: ignore[no-untyped-def]
 
 def _logical(folder: Path):  # type: ignore[no-untyped-def]
     """The ERP server with wal_level=logical: set once, then a restart applies it."""
-    server = _server(folder)
+    server = pg_server(folder)
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         if conn.execute("show wal_level").fetchone() == ("logical",):
             return server
         conn.execute("alter system set wal_level = logical")
     server.cleanup()
-    return _server(folder)
+    return pg_server(folder)
 
 
 CHANGES = """
@@ -110,7 +110,7 @@ def stop(folder: str) -> list[str]:
         if not (root / name / "PG_VERSION").exists():
             lines.append(f"{root / name}: no demo database here")
             continue
-        _server(root / name).cleanup()
+        pg_server(root / name).cleanup()
         lines.append(f"stopped the demo database in {root / name}")
     return lines
 
@@ -148,7 +148,7 @@ def _hints(root: Path, job: Path, env: dict[str, str], keep: bool) -> list[str]:
     ]
 
 
-def _fresh_database(server, name: str) -> str:  # type: ignore[no-untyped-def]
+def fresh_database(server, name: str) -> str:  # type: ignore[no-untyped-def]
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         conn.execute(f'drop database if exists "{name}" with (force)')
         conn.execute(f'create database "{name}"')
@@ -166,9 +166,9 @@ def run(
 ) -> StreamReport:
     """Run the demo in `folder`; `keep`: leave its databases running (see the module docstring)."""
     root = Path(folder).resolve()
-    erp_server, shop_server = _logical(root / "erp-pg"), _server(root / "shop-pg")
+    erp_server, shop_server = _logical(root / "erp-pg"), pg_server(root / "shop-pg")
     try:
-        erp, shop = _fresh_database(erp_server, "erp"), _fresh_database(shop_server, "shop")
+        erp, shop = fresh_database(erp_server, "erp"), fresh_database(shop_server, "shop")
         started = time.monotonic()
         console.print(f"seeding the demo ERP (scale {scale}) ...")
         with psycopg.connect(erp, autocommit=True) as conn:
