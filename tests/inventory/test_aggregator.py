@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,8 +78,10 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[int, dict]]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{topic}", "enable.partition.eof": True})
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(3)])
     records, ended = [], set()
+    deadline = time.monotonic() + 60
     try:
         while len(ended) < 3:
+            assert time.monotonic() < deadline, f"{topic}: partitions {sorted(ended)} read to their end within 60 s"
             for msg in consumer.consume(100, timeout=1.0):
                 if msg.error():
                     ended.add(msg.partition())
