@@ -41,7 +41,7 @@ import httpx
 import polars as pl
 import psycopg
 
-from kanal.core.embedded import EmbeddedBroker, free_port
+from kanal.core.embedded import EmbeddedBroker, die_with_parent, free_port
 from kanal.core.errors import KanalError
 from kanal.core.inventory import ChannelRules, Ledger
 from kanal.jobs.inventory import ledger_path
@@ -80,6 +80,17 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait()
 
 
+def _spawn(args: list[str], folder: Path, env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
+    """A `kanal` command in `folder`, its output in logs/<log>.log (a pipe nobody reads would stall it).
+
+    On Linux the kernel kills it when this process dies, even by kill -9, so
+    that no agent or sync outlives the landscape it belongs to.
+    """
+    with (folder / "logs" / f"{log}.log").open("a") as out:
+        return subprocess.Popen(args, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent if sys.platform == "linux" else None)  # fmt: skip
+
+
 @dataclass
 class Site:
     """A store or warehouse: its `kanal edge` agent as a subprocess, and a client of its API."""
@@ -102,8 +113,7 @@ class Site:
 
     def start(self, env: dict[str, str]) -> None:
         args = [*KANAL, "edge", "job.yaml", "--store", self.code, "--journal", str(self.journal), "--port", str(self.port)]
-        with (self.folder / "logs" / f"edge-{self.code}.log").open("a") as log:  # a file: a full pipe would stall it
-            self.proc = subprocess.Popen(args, cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = _spawn(args, self.folder, env, f"edge-{self.code}")
 
     def ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -166,8 +176,7 @@ class Landscape:
         return self.loaded.job.inventory
 
     def _kanal(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        with (self.folder / "logs" / f"{name}.log").open("a") as log:
-            return subprocess.Popen([*KANAL, *args], cwd=self.folder, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        return _spawn([*KANAL, *args], self.folder, self.env(), name)
 
     def start(self) -> Landscape:
         from kanal.connectors.redis import RedisInventory

@@ -15,6 +15,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import psutil
+
 from kanal.jobs.inventory_demo import Shopfloor
 from kanal.jobs.inventory_landscape import EXAMPLE, KANAL, Landscape, reconcile, wait_until
 from tests.conftest import Databases
@@ -62,10 +64,22 @@ def test_offline_store_duplicates_and_a_killed_aggregator_converge_without_overs
     assert result.expected.filter(result.expected["quantity"] == 0).height > 0
 
 
-def test_the_inventory_demo_runs(tmp_path: Path) -> None:
-    done = subprocess.run([*KANAL, "demo", "--inventory", "--seconds", "6", "--folder", str(tmp_path / "demo")],
+def started_in(folder: Path) -> list[str]:
+    """Processes running in `folder` or naming it (agents' journals, Valkey's socket)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if proc.info["cwd"] == str(folder) or str(folder) in line:
+            found.append(line)
+    return found
+
+
+def test_the_inventory_demo_runs_and_leaves_no_process(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    done = subprocess.run([*KANAL, "demo", "--inventory", "--seconds", "6", "--folder", str(folder)],
                           capture_output=True, text=True, timeout=240)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert started_in(folder) == []
     assert "central stock levels = a ledger recomputed from every movement: yes" in done.stdout
     assert "oversold units per channel: web 0, marketplace 0" in done.stdout
     assert " ms  shop table " in done.stdout  # sales were shown as they reached Redis and the shop table
