@@ -783,6 +783,8 @@ def demo(scale: float, folder: str, keep: bool, stop: bool, real_time: bool, sec
     """
     from kanal.jobs import demo as demo_job
 
+    if real_time and (keep or stop):
+        raise click.UsageError("--keep and --stop belong to the migration demo; --inventory stops everything it started")
     if stop:
         for line in demo_job.stop(folder):
             out.print(line)

@@ -217,8 +217,8 @@ def run(folder: str, seconds: float, *, console: Console, out: Console, shop_dsn
 
 def _run(root: Path, seconds: float, shop_dsn: str, console: Console, out: Console) -> Reconciliation:
     started = time.time()
-    shutil.rmtree(root / ".kanal", ignore_errors=True)
-    shutil.rmtree(root / "journals", ignore_errors=True)
+    for previous in (".kanal", "journals", "logs"):  # a demo starts from nothing, whatever ran here before
+        shutil.rmtree(root / previous, ignore_errors=True)
     with Landscape(root, shop_dsn) as landscape:
         console.print("starting: a broker, agents for WH1, S1 and S2, `kanal inventory`, "
                       "`kanal sync` -> Redis + shop PostgreSQL ...")
