@@ -100,6 +100,11 @@ def ledger_path(loaded: LoadedJob, partition: int) -> Path:
     return loaded.state_dir / "inventory" / f"ledger-p{partition}.sqlite"
 
 
+def owning_ledger(loaded: LoadedJob, sku: str, partitions: int) -> Path:
+    """The ledger file that holds `sku` (movements are partitioned by sku over `partitions`): where to reserve it."""
+    return ledger_path(loaded, int(wire.partition_of(pl.Series([sku]), partitions)[0]))
+
+
 def canonical_records(entity: Entity, frame: pl.DataFrame) -> pl.DataFrame:
     """Ledger rows (integers) as canonical change records: decimal text, key, op and version."""
     return frame.select(

@@ -168,3 +168,14 @@ def test_kanal_inventory_once_reports_and_exits_0_and_refuses_the_embedded_broke
     job.write_text("\n".join(line for line in text.splitlines() if not line.startswith("kafka:")))
     refused = subprocess.run([sys.executable, "-m", "kanal", "inventory", str(job)], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "needs a broker they share" in refused.stderr
+
+
+def test_the_owning_ledger_of_a_sku_is_the_one_its_movements_reach(job: Path, broker: str) -> None:
+    loaded = load_job(job)
+    with KafkaConnection(loaded.job.kafka) as kafka:
+        kafka.ensure_topics([loaded.job.kafka.topic("stock_movements")], compact=True)
+    publish(broker, loaded.job.kafka.topic("stock_movements"), [Movement(f"r{s}", s, "WH1", 5, "receipt") for s in "ABCDEF"])
+    inventory.run(loaded, once=True)
+    for sku in "ABCDEF":
+        with Ledger(inventory.owning_ledger(loaded, sku, 3), loaded.job.inventory) as ledger:
+            assert ledger.reserve(f"o-{sku}", sku, 3, "marketplace").granted, sku  # 5 - ceil(10%)
