@@ -112,15 +112,19 @@ class Shopfloor:
             if self.shelf[(sku, code)] + delta < keep:
                 return False
             event_id = f"{code}-{reason}-{next(self._ids):06d}"
-            posted_at = time.time()
-            self._post(self.landscape.sites[code], [record(event_id, sku, code, delta, reason)])
-            self.shelf[(sku, code)] += delta
-            if self.tracker is not None:
+            after = self.shelf[(sku, code)] + delta
+            if self.tracker is not None:  # before the post: a sink may show it before the answer is read
                 offline = not self.landscape.sites[code].online
-                self.tracker.expect(Posted("stock_levels", sku, code, self.shelf[(sku, code)], posted_at,
+                self.tracker.expect(Posted("stock_levels", sku, code, after, time.time(),
                                            label + (" (offline)" if offline else ""), offline))  # fmt: skip
-        self.counts[reason] += 1
+            self._post(self.landscape.sites[code], [record(event_id, sku, code, delta, reason)])
+            self.shelf[(sku, code)] = after
+        self._count(reason)
         return True
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.counts[what] += 1
 
     def till(self, store: str) -> None:
         """One customer at a till: mostly a sale, sometimes a return of something sold here before."""
@@ -137,7 +141,7 @@ class Shopfloor:
         order_id = f"{channel}-order-{next(self._ids):06d}"
         hold = self.landscape.redis.reserve(sku, channel, 1, order_id, ttl_s=60)
         if not hold.ok:
-            self.counts[f"{channel} orders refused (shown 0)"] += 1
+            self._count(f"{channel} orders refused (shown 0)")
             return
         try:
             rules = self.landscape.rules
@@ -146,9 +150,9 @@ class Shopfloor:
                 if site is not None and site.online and self.move(
                     code, sku, -1, "sale", f"{channel} order from {code}", keep=rules.floor(channel, code)
                 ):  # fmt: skip
-                    self.counts[f"{channel} orders"] += 1
+                    self._count(f"{channel} orders")
                     return
-            self.counts[f"{channel} orders declined (no online location had it)"] += 1
+            self._count(f"{channel} orders declined (no online location had it)")
         finally:
             self.landscape.redis.release(sku, channel, order_id)
 
