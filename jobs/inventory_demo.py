@@ -134,6 +134,8 @@ class Shopfloor:
                 self.sold[(sku, store)] -= 1
         elif self.move(store, sku, -1, "sale", f"{store} till sale"):
             self.sold[(sku, store)] += 1
+        else:
+            self._count("customers turned away (shelf empty)")
 
     def order(self, channel: str) -> None:
         """A channel order: reserve in Redis (atomic against the channel's figure), ship, release the hold."""
