@@ -115,8 +115,9 @@ class Shopfloor:
             after = self.shelf[(sku, code)] + delta
             if self.tracker is not None:  # before the post: a sink may show it before the answer is read
                 offline = not self.landscape.sites[code].online
-                self.tracker.expect(Posted("stock_levels", sku, code, after, time.time(),
-                                           label + (" (offline)" if offline else ""), offline))  # fmt: skip
+                label += " (offline)" if offline else ""
+                self.tracker.expect(Posted("stock_levels", sku, code, after, time.time(), label, offline,
+                                           before=self.shelf[(sku, code)]))  # fmt: skip
             self._post(self.landscape.sites[code], [record(event_id, sku, code, delta, reason)])
             self.shelf[(sku, code)] = after
         self._count(reason)
@@ -231,7 +232,7 @@ def _run(root: Path, seconds: float, shop_dsn: str, console: Console, out: Conso
         landscape.start()
         lines: list[Posted] = []
         describe = _line(landscape, started)
-        tracker = Tracker(lambda m: (lines.append(m), out.print(describe(m))))
+        tracker = Tracker(lambda m: None if m.netted else (lines.append(m), out.print(describe(m))))
         watches = [RedisWatch(landscape.redis.connection.client, tracker, ("stock_levels",)),
                    ShopWatch(landscape.shop_dsn, tracker, ("shop_stock",))]
         for watch in watches:
