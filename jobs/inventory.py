@@ -79,6 +79,41 @@ class _Read:
         self.end = 0
 
 
+def take(messages: list[Message], eof: set[int]) -> dict[int, _Read]:
+    """Messages by partition: bulk frames, JSON lines, and the offset after the last one.
+
+    `eof` is updated in message order: a partition is at its end when its
+    end-of-partition event is the last thing this poll brought of it. The
+    broker reports an end once, often in the same poll as the messages before
+    it, so it must not be forgotten because those messages came along.
+
+    The format is told by the value's first byte (a JSON record is an
+    object, an Arrow IPC stream starts with its 0xFF marker), which spares
+    decoding the headers of every message.
+    """
+    read: dict[int, _Read] = {}
+    for msg in messages:
+        partition = msg.partition()
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                eof.add(partition)
+            elif err.fatal() or not err.retriable():
+                raise Unreachable("kafka", f"consumer error: {err.str()}")
+            continue
+        eof.discard(partition)
+        entry = read.get(partition) or read.setdefault(partition, _Read())
+        entry.end = msg.offset() + 1
+        value = msg.value()
+        if value is None:
+            continue  # a delete: a movement is a fact, and deleting one changes no stock
+        if value[:1] == b"{":
+            entry.lines.append(value)
+        else:
+            entry.frames.append(wire.decode_arrow(value))
+    return read
+
+
 def require_inventory(loaded: LoadedJob) -> ChannelRules:
     """The job's `inventory:` rules; refuses jobs `kanal inventory` cannot run, naming the fix."""
     rules = loaded.job.inventory
@@ -183,7 +218,7 @@ class _Aggregator:
         self.consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
         while not stop.is_set():
             messages = consume_ready(self.consumer, self.batch_rows, 0.2)
-            read = self._take(messages)
+            read = take(messages, self._eof)
             offsets = self._apply(read)
             self._expire()
             self._publish(list(self.ledgers))
@@ -191,35 +226,6 @@ class _Aggregator:
                 self._commit(offsets)
             if once and self.ledgers and self._eof >= set(self.ledgers) and not read:
                 return
-
-    def _take(self, messages: list[Message]) -> dict[int, _Read]:
-        """Messages by partition: bulk frames, JSON lines, and the offset after the last one.
-
-        The format is told by the value's first byte (a JSON record is an
-        object, an Arrow IPC stream starts with its 0xFF marker), which spares
-        decoding the headers of every message.
-        """
-        read: dict[int, _Read] = {}
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    self._eof.add(msg.partition())
-                elif err.fatal() or not err.retriable():
-                    raise Unreachable("kafka", f"consumer error: {err.str()}")
-                continue
-            partition = msg.partition()
-            entry = read.get(partition) or read.setdefault(partition, _Read())
-            entry.end = msg.offset() + 1
-            value = msg.value()
-            if value is None:
-                continue  # a delete: a movement is a fact, and deleting one changes no stock
-            if value[:1] == b"{":
-                entry.lines.append(value)
-            else:
-                entry.frames.append(wire.decode_arrow(value))
-        self._eof.difference_update(read)
-        return read
 
     def _apply(self, read: dict[int, _Read]) -> dict[int, int]:
         """One ledger transaction per partition, partitions in parallel; returns the offsets to commit.

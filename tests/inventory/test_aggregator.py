@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import polars as pl
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from kanal.core import wire
 from kanal.core.connector import OP, UPSERT, VERSION
@@ -179,3 +179,15 @@ def test_the_owning_ledger_of_a_sku_is_the_one_its_movements_reach(job: Path, br
     for sku in "ABCDEF":
         with Ledger(inventory.owning_ledger(loaded, sku, 3), loaded.job.inventory) as ledger:
             assert ledger.reserve(f"o-{sku}", sku, 3, "marketplace").granted, sku  # 5 - ceil(10%)
+
+
+def test_a_partition_end_reported_in_the_same_poll_as_its_last_messages_is_kept() -> None:
+    # the broker reports a partition's end once; `--once` waits for every partition's end
+    eof: set[int] = set()
+    end = Message(topic="m", partition=0, offset=2, error=KafkaError(KafkaError._PARTITION_EOF))
+    read = inventory.take([Message(topic="m", partition=0, offset=0, value=b"{}"),
+                           Message(topic="m", partition=1, offset=7, value=b"{}"),
+                           Message(topic="m", partition=0, offset=1, value=b"{}"), end], eof)  # fmt: skip
+    assert eof == {0} and read[0].end == 2 and read[1].end == 8
+    inventory.take([Message(topic="m", partition=0, offset=2, value=b"{}")], eof)
+    assert eof == set()  # more came after the end
