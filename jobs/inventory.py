@@ -41,7 +41,6 @@ from kanal.core.connector import OP, UPSERT, VERSION
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame
 from kanal.core.errors import BrokerUnavailable, ConfigError, Unreachable
 from kanal.core.inventory import ChannelRules, Ledger
-from kanal.core.inventory.ledger import Changes
 from kanal.core.inventory.movements import REJECTED
 from kanal.core.kafka import BoundedProducer, KafkaConnection, consume_ready, quiet_rdkafka
 from kanal.core.model import AVAILABILITY, STOCK_LEVEL, STOCK_MOVEMENT, Entity
@@ -151,7 +150,7 @@ def canonical_records(entity: Entity, frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def run(
-    loaded: LoadedJob, *, stop: threading.Event | None = None, once: bool = False, batch_rows: int = 50_000,
+    loaded: LoadedJob, *, stop: threading.Event | None = None, once: bool = False, batch_rows: int = 200_000,
     verbose: bool = False,
 ) -> InventoryReport:  # fmt: skip
     """Aggregate JOB's stock movements until `stop` (or, `once`, until every assigned partition is read to its end)."""
@@ -235,19 +234,19 @@ class _Aggregator:
         """
         work = [(p, r) for p, r in read.items() if p in self.ledgers]  # one revoked meanwhile: its new owner reads it
         offsets = {}
-        for partition, end, frame, changes in self._pool.map(lambda item: self._apply_one(*item), work):
+        for partition, end, frame, rejected in self._pool.map(lambda item: self._apply_one(*item), work):
             self.report.movements += frame.height
-            self._dead_letter(partition, end, changes)
+            self._dead_letter(partition, end, rejected)
             offsets[partition] = end
         return offsets
 
-    def _apply_one(self, partition: int, read: _Read) -> tuple[int, int, pl.DataFrame, Changes]:
+    def _apply_one(self, partition: int, read: _Read) -> tuple[int, int, pl.DataFrame, pl.DataFrame]:
+        """(partition, end offset, the movements read, those refused); what changed is published from the outbox."""
         parts = [*read.frames, *([wire.decode_lines(read.lines, _WIRE_SCHEMA)] if read.lines else [])]
         frame = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame(schema=_WIRE_SCHEMA)
-        return partition, read.end, frame, self.ledgers[partition].apply_frame(frame, {(self.topic, partition): read.end})
+        return partition, read.end, frame, self.ledgers[partition].ingest(frame, {(self.topic, partition): read.end})
 
-    def _dead_letter(self, partition: int, end: int, changes: Changes) -> None:
-        rejected = changes.rejected
+    def _dead_letter(self, partition: int, end: int, rejected: pl.DataFrame) -> None:
         if rejected.is_empty():
             return
         self.report.rejected += rejected.height

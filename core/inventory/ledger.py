@@ -356,6 +356,21 @@ class Ledger:
 
     def apply_frame(self, frame: pl.DataFrame, offsets: dict[tuple[str, int], int] | None = None) -> Changes:
         """Apply a canonical `stock_movements` frame in one transaction, with the input `offsets` it ends at."""
+        before, rejected = self._ingest(frame, offsets)
+        changes = self.changes_since(before)
+        return Changes(changes.levels, changes.availability, changes.position, rejected)
+
+    def ingest(self, frame: pl.DataFrame, offsets: dict[tuple[str, int], int] | None = None) -> pl.DataFrame:
+        """`apply_frame` without reading the changes back: returns the rejected movements only.
+
+        For a caller that publishes from the outbox (`changes_since(published)`)
+        anyway, as the aggregator does: reading each batch's changes twice cost
+        as much as a quarter of applying it.
+        """
+        return self._ingest(frame, offsets)[1]
+
+    def _ingest(self, frame: pl.DataFrame, offsets: dict[tuple[str, int], int] | None) -> tuple[int, pl.DataFrame]:
+        """(the position before, the rejected movements)."""
         now = _us(None, self.clock)
         valid, rejected = check(frame, now)
         with self._transaction() as db:
@@ -366,8 +381,7 @@ class Ledger:
                     "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET next = excluded.next",
                     [(t, p, n) for (t, p), n in offsets.items()],
                 )
-        changes = self.changes_since(before)
-        return Changes(changes.levels, changes.availability, changes.position, rejected)
+        return before, rejected
 
     def reserve(
         self, reservation_id: str, sku: str, quantity: int, channel: str, *, ttl_s: float | None = None,
