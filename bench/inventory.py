@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import random
 import sys
 import tempfile
@@ -127,6 +128,7 @@ def main() -> int:
     parser.add_argument("--no-kafka", action="store_true", help="measure the ledger alone")
     args = parser.parse_args()
     frame = movements(args.movements, args.skus)
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (the figures move with other work)")
     with tempfile.TemporaryDirectory(prefix="kanal-bench-inventory-") as tmp:
         bench_ledger(frame, args.batch, Path(tmp))
         if not args.no_kafka:
