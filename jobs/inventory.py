@@ -200,8 +200,11 @@ class _Aggregator:
         self._eof: set[int] = set()
         self.dead_letters = DeadLetterStore(loaded.state_dir / "dlq")
         self.producer = BoundedProducer(kafka, max_in_flight=200_000, **{"linger.ms": 2})
+        # A short fetch wait: a broker that answers a waiting fetch only when it times out (the embedded one)
+        # would otherwise add up to librdkafka's 500 ms to every sale's way to the channels.
         self.consumer: Consumer = kafka.consumer(
-            f"{settings.topic_prefix}.{loaded.name}.inventory", **{"enable.partition.eof": True, "max.partition.fetch.bytes": 16 << 20}
+            f"{settings.topic_prefix}.{loaded.name}.inventory",
+            **{"enable.partition.eof": True, "max.partition.fetch.bytes": 16 << 20, "fetch.wait.max.ms": 20},
         )
         self._errors: list[str] = []
         self._lock = threading.Lock()
