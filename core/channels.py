@@ -35,7 +35,7 @@ import datetime as dt
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,7 @@ import polars as pl
 
 from kanal.core.connector import OP, UPSERT, VERSION, WriteResult
 from kanal.core.model import AVAILABILITY
+from kanal.core.sqlite import immediate
 from kanal.core.validate import KEY
 
 _SCHEMA = """
@@ -161,12 +162,5 @@ class ChannelPublisher:
                 db.executemany("DELETE FROM pending WHERE key = ? AND version IS ?", [(k, v) for k, v, _ in due])
             return Flushed(len(due) - len(refused_keys), refused, waiting)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db)

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kanal.core.sqlite import immediate
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, line BLOB NOT NULL,
@@ -80,19 +82,13 @@ class Journal:
     def append(self, keys: Sequence[str], lines: Sequence[bytes]) -> Appended:
         """Journal records (one key and one line each) in one durable transaction; keys seen before are skipped."""
         now = int(time.time() * 1_000_000)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                before = self._db.total_changes
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO journal (key, line, received_us) VALUES (?, ?, ?)",
-                    ((k, line, now) for k, line in zip(keys, lines, strict=True)),
-                )
-                new = self._db.total_changes - before
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate(self._db) as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO journal (key, line, received_us) VALUES (?, ?, ?)",
+                ((k, line, now) for k, line in zip(keys, lines, strict=True)),
+            )
+            new = db.total_changes - before
         return Appended(new, len(keys) - new)
 
     def after(self, seq: int, limit: int) -> list[Entry]:
@@ -106,10 +102,8 @@ class Journal:
     def mark_forwarded(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE journal SET forwarded = 1 WHERE seq = ?", ((s,) for s in seqs))
-            self._db.execute("COMMIT")
+        with self._lock, immediate(self._db) as db:
+            db.executemany("UPDATE journal SET forwarded = 1 WHERE seq = ?", ((s,) for s in seqs))
 
     def stats(self) -> JournalStats:
         with self._lock:

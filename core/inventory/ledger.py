@@ -54,6 +54,7 @@ from kanal.core.inventory.movements import (
     movements_frame,
 )
 from kanal.core.inventory.rules import LOCATION_COLUMNS, ChannelRules
+from kanal.core.sqlite import immediate
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -258,14 +259,8 @@ class Ledger:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at its start (BEGIN IMMEDIATE): a check and the write it allows cannot interleave."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate(self._db) as db:
+            yield db
 
     # reading ----------------------------------------------------------------
 
