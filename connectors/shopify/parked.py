@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
+
+from kanal.core.sqlite import immediate
 
 _SCHEMA = """
 create table if not exists parked (
@@ -37,16 +38,6 @@ create table if not exists parked (
 """
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One transaction (the connection autocommits otherwise: one disk sync per row)."""
-    conn.execute("begin immediate")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("rollback")
-        raise
-    conn.execute("commit")
 
 
 class Parked:
@@ -70,7 +61,7 @@ class Parked:
 
     def park(self, entity: str, records: Iterable[tuple[str, str, int | None, dict]]) -> None:
         """Keep (key, sku, version, record) rows; a newer version of a key replaces an older one."""
-        with _transaction(self._connection()) as conn:
+        with immediate(self._connection()) as conn:
             conn.executemany(
                 "insert into parked (entity, key, sku, version, record) values (?, ?, ?, ?, ?) "
                 "on conflict (entity, key) do update set sku = excluded.sku, version = excluded.version, "
@@ -86,7 +77,7 @@ class Parked:
         for start in range(0, len(wanted), 500):
             part = wanted[start : start + 500]
             marks = ",".join("?" * len(part))
-            with _transaction(conn):
+            with immediate(conn):
                 rows = conn.execute(
                     f"select record from parked where entity = ? and sku in ({marks})", (entity, *part)
                 ).fetchall()
