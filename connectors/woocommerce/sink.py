@@ -32,7 +32,8 @@ up and updates it instead: a record is never created twice.
 
 Prices and stock are fields of a product. One that arrives before its
 product (entities travel independently) waits in the sink memory and goes
-into the product's create call.
+into the product's next write: its create, or the update of a product a
+killed run created without learning its id.
 
 Every write goes through a `/batch` endpoint, at most `batch_items` items
 per call; an item the shop refuses goes to the dead-letter queue with the
@@ -150,7 +151,7 @@ class WooSink(Sink):
         variable = set(self.memory.ids(_VARIABLE, parents))
         payloads = dict(zip(rows.get_column("sku").to_list(), _product_payloads(rows), strict=True))
         keys = {sku: key for key, sku in skus.items()}
-        pending = self._pending([s for s in payloads if s not in ids])
+        pending = self._pending([*payloads, *parents])
 
         # 1. products: simple ones, parents (made variable), placeholders for parents not in the shop
         batch = Batch()
@@ -164,15 +165,15 @@ class WooSink(Sink):
                 if sku in parents:
                     payload = {**payload, "type": "variable"}
                 if known:
-                    batch.update.append((sku, {**payload, "id": int(known)}))
+                    batch.update.append((sku, {**payload, **pending.get(sku, {}), "id": int(known)}))
                 else:
                     batch.create.append((sku, {**payload, **pending.get(sku, {})}))
         in_batch = {sku for sku, _ in batch.create} | {sku for sku, _ in batch.update}
         for parent in sorted(parents - in_batch):
             if parent not in ids:
-                batch.create.append((parent, {"sku": parent, "name": parent, "type": "variable", "status": "draft"}))
-            elif parent not in variable and "/" not in ids[parent]:
-                batch.update.append((parent, {"id": int(ids[parent]), "type": "variable"}))
+                batch.create.append((parent, {"sku": parent, "name": parent, "type": "variable", "status": "draft", **pending.get(parent, {})}))
+            elif (parent not in variable or parent in pending) and "/" not in ids[parent]:
+                batch.update.append((parent, {"id": int(ids[parent]), "type": "variable", **pending.get(parent, {})}))
         refused = self._apply(PRODUCTS, "products/batch", batch, ids, keys, outcome, lambda sku: f"product {sku}")
         self.memory.remember_ids(_VARIABLE, {p: ids[p] for p in parents if p in ids and p not in refused})
 
@@ -195,7 +196,7 @@ class WooSink(Sink):
             todo = by_parent.setdefault(parent_id, Batch())
             payload = {k: v for k, v in payload.items() if k != "name"}
             if known:
-                todo.update.append((sku, {**payload, "id": int(known.split("/")[1])}))
+                todo.update.append((sku, {**payload, **pending.get(sku, {}), "id": int(known.split("/")[1])}))
             else:
                 todo.create.append((sku, {**payload, **pending.get(sku, {})}))
         for parent_id, todo in by_parent.items():
@@ -267,7 +268,7 @@ class WooSink(Sink):
                 refused.add(item.key)
                 if item.key in keys:
                     outcome.fail(keys[item.key], item.reason(what(item.key)))
-        self._settle_pending([i for i in final if i.action == "create" and not i.error], ids, parent)
+        self._settle_pending([i for i in final if i.action != "delete" and not i.error], ids, parent)
         return refused
 
     def _learn(self, entity: str, items: list[Item], ids: dict[str, str], keys: dict[str, str], parent: str | None) -> None:
@@ -340,6 +341,7 @@ class WooSink(Sink):
         if not fields:
             return
         ids = self._ids(list(fields))
+        self.memory.forget(_PENDING[entity], [sku for sku in fields if sku in ids])  # this newer value supersedes a wait
         waiting = {sku: json.dumps(f) for sku, (_, f) in fields.items() if sku not in ids}
         if waiting:
             self.memory.remember_ids(_PENDING[entity], waiting)
@@ -364,14 +366,19 @@ class WooSink(Sink):
                 merged.setdefault(sku, {}).update(json.loads(raw))
         return merged
 
-    def _settle_pending(self, created: list[Item], ids: dict[str, str], parent: str | None) -> None:
-        """After creates are remembered: fields that arrived meanwhile are applied, then forgotten."""
-        skus = [i.key for i in created]
+    def _settle_pending(self, written: list[Item], ids: dict[str, str], parent: str | None) -> None:
+        """After writes are remembered: fields that arrived meanwhile are applied, then forgotten.
+
+        Updates count too: a run killed after the shop created a product,
+        before the sink learnt its id, leaves its fields waiting while the
+        next run finds the product by SKU and updates it.
+        """
+        skus = [i.key for i in written]
         if not skus:
             return
         late = Batch()
         pending = self._pending(skus)
-        for item in created:
+        for item in written:
             fields = pending.get(item.key, {})
             if any(item.answer.get(k) != v for k, v in fields.items()):
                 late.update.append((item.key, {**fields, "id": int(ids[item.key].rpartition("/")[2])}))
