@@ -1,5 +1,5 @@
 """`python -m kanal` is the `kanal` command."""
 
-from kanal.cli import main
+from kanal.entry import main
 
 main()

@@ -47,7 +47,7 @@ from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_d
 from kanal.core.errors import JobFailed, Unreachable
 from kanal.core.isolate import ROW, accepted_rows, combine, shifted, slice_id, standing_refusals, write_isolating
 from kanal.core.sinkmemory import HASH, Sifted, SinkMemory, remember_result, sift
-from kanal.core.kafka import BoundedProducer, KafkaConnection
+from kanal.core.kafka import BoundedProducer, KafkaConnection, consume_ready
 from kanal.core.model import AVAILABILITY, Entity
 from kanal.core.progress import Metrics
 from kanal.core.receipts import Receipts
@@ -66,6 +66,13 @@ _IDLE = object()
 """A writer's turn without a batch: time to flush the channel outbox."""
 _CHANNELS = "channels"
 """Batch ids of availability sent from the channel outbox start so (API sinks need no stable ids)."""
+_AHEAD = 3
+"""Cut batches per writer that may wait for room in the writers' queues before the consumer pauses fetching.
+
+A pause is dear: after a resume the broker's answers come again only about a
+second later, so pausing whenever a writer's queue is full for a moment (a
+burst of changes) turned a 0.1 s delivery into one of a second. The buffer
+is bounded all the same: queue plus this many batches per writer."""
 _LINGER_S = 0.05
 """A batch is written when full, when nothing more arrives, or after this long:
 deltas arrive steadily, and waiting for a full batch would delay them."""
@@ -339,7 +346,10 @@ class SinkDelivery:
 
     def _consume(self) -> None:
         logs.bind(job=self.job, sink=self.name)
-        consumer = self.connection.consumer(f"{self.connection.settings.topic_prefix}.{self.job}.{self.name}")
+        # A short fetch wait: a broker that answers a waiting fetch only when it times out (the embedded one)
+        # would otherwise hold every change up to librdkafka's 500 ms.
+        group = f"{self.connection.settings.topic_prefix}.{self.job}.{self.name}"
+        consumer = self.connection.consumer(group, **{"fetch.wait.max.ms": 25})
         pending: dict[tuple[int, str], _Batch] = {}
         ready: list[_Batch] = []  # cut batches in order, waiting for room in their writer's queue
         paused = False
@@ -352,8 +362,8 @@ class SinkDelivery:
             while not self._stop.is_set():
                 self._commit_done(consumer)
                 self._hand_over(ready)
-                if ready or self._any_full():
-                    # A writer is behind: fetch nothing more, but keep polling so the group keeps
+                if len(ready) >= _AHEAD * len(self.instances):
+                    # The writers are behind: fetch nothing more, but keep polling so the group keeps
                     # this member (and can rebalance). Pause on every round: a rebalance may have
                     # assigned partitions that are not paused; what they return is kept, since a
                     # later commit of their offsets would skip it.
@@ -366,7 +376,7 @@ class SinkDelivery:
                 if paused:
                     consumer.resume(consumer.assignment())
                     paused = False
-                messages = consumer.consume(num_messages=100, timeout=0.1)
+                messages = consume_ready(consumer, 500, timeout=0.1)
                 for msg in messages:
                     self._take(msg, pending, ready)
                 now = time.monotonic()
@@ -419,9 +429,6 @@ class SinkDelivery:
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.debug("%s: revoked %s", self.name, ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
-
-    def _any_full(self) -> bool:
-        return any(q.full() for q in self._queues)
 
     def _take(self, msg: Message, pending: dict[tuple[int, str], _Batch], ready: list[_Batch]) -> None:
         """Add a message to its writer's pending batch; a batch that is complete moves to `ready`."""
