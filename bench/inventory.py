@@ -3,15 +3,24 @@
     python bench/inventory.py                      # 500k movements, 20k skus x 5 locations
     python bench/inventory.py --movements 200000 --skus 5000 --no-kafka
 
-Two figures:
+Three figures:
 
 * **ledger**: `Ledger.apply_frame` in batches of `--batch` movements (what one
   aggregator partition does per poll): sales, receipts, returns, transfers,
   damage, 1% physical counts, 5% duplicates; every batch one transaction.
-* **kafka**: the same movements published to a broker as the keyed JSON
-  records sources send, then `kanal inventory --once` (the aggregator through
-  `jobs.inventory.run`) reading, applying and publishing stock levels and
-  availability. The broker is the embedded one, addressed as a cluster.
+* **kafka, one process**: the same movements published to a broker as the
+  keyed JSON records sources send, then `kanal inventory --once` (the
+  aggregator through `jobs.inventory.run`) reading, applying and publishing
+  stock levels and availability. The broker is the embedded one, addressed
+  as a cluster.
+* **kafka, `--processes` processes** (default 2, one per core of a small
+  machine): as many `kanal inventory --once` commands started at once, one
+  consumer group sharing the partitions, timed from their start to the last
+  exit. One process runs its partitions' ledgers on threads, but publishing
+  is Python under one GIL; processes scale as partitions do.
+
+Each Kafka run checks that its partition ledgers hold exactly the levels the
+ledger alone computed.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import argparse
 import datetime as dt
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,7 +89,7 @@ def bench_ledger(frame: pl.DataFrame, batch: int, folder: Path) -> float:
     return rate
 
 
-def bench_kafka(frame: pl.DataFrame, folder: Path, partitions: int) -> float:
+def bench_kafka(frame: pl.DataFrame, folder: Path, partitions: int, processes: int) -> float:
     from confluent_kafka import Producer
 
     from kanal.core import wire
@@ -89,6 +99,8 @@ def bench_kafka(frame: pl.DataFrame, folder: Path, partitions: int) -> float:
     from kanal.jobs import inventory
     from kanal.jobs.load import load_job
 
+    folder = folder / f"processes-{processes}"
+    folder.mkdir()
     with EmbeddedBroker() as broker:
         job = folder / "bench.yaml"
         job.write_text(
@@ -110,13 +122,38 @@ inventory: {RULES.model_dump_json(exclude_defaults=True)}
             producer.poll(0)
         producer.flush(120)
         started = time.perf_counter()
-        report = inventory.run(loaded, once=True)
+        if processes == 1:
+            report = inventory.run(loaded, once=True)
+            seconds = time.perf_counter() - started
+            _check_levels(folder.parent, [inventory.ledger_path(loaded, p) for p in range(partitions)])
+            print(f"kafka: `kanal inventory --once` read {report.movements:,} movements, published {report.levels:,} stock "
+                  f"levels and {report.availability:,} availability records in {seconds:.2f}s = "
+                  f"{report.movements / seconds:,.0f} movements/s ({partitions} partitions, including the consumer group join)")  # fmt: skip
+            return report.movements / seconds
+        # several processes of one consumer group share the partitions (no GIL between them)
+        command = [sys.executable, "-m", "kanal", "inventory", str(job), "--once"]
+        procs = [subprocess.Popen(command, cwd=folder, stdout=subprocess.DEVNULL) for _ in range(processes)]
+        if any(p.wait() != 0 for p in procs):
+            raise SystemExit("a `kanal inventory --once` process failed")
         seconds = time.perf_counter() - started
-    rate = report.movements / seconds
-    print(f"kafka: `kanal inventory --once` read {report.movements:,} movements, published {report.levels:,} stock "
-          f"levels and {report.availability:,} availability records in {seconds:.2f}s = {rate:,.0f} movements/s "
-          f"({partitions} partitions, including the consumer group join)")  # fmt: skip
+        _check_levels(folder.parent, [inventory.ledger_path(loaded, p) for p in range(partitions)])
+    rate = len(frame) / seconds
+    print(f"kafka: {processes} `kanal inventory --once` processes sharing {partitions} partitions applied {len(frame):,} "
+          f"movements in {seconds:.2f}s = {rate:,.0f} movements/s (process start and the consumer group joins included; "
+          f"levels equal to the ledger alone's)")  # fmt: skip
     return rate
+
+
+def _check_levels(folder: Path, ledgers: list[Path]) -> None:
+    """The partition ledgers together hold the levels the single ledger of `bench_ledger` computed, or the run failed."""
+    def levels(path: Path) -> pl.DataFrame:
+        with Ledger(path, RULES) as ledger:
+            return ledger.levels().select("sku", "location", "on_hand", "reserved", "unavailable", "incoming")
+
+    alone = levels(folder / "bench.sqlite").sort("sku", "location")
+    shared = pl.concat([levels(path) for path in ledgers]).sort("sku", "location")
+    if not alone.equals(shared):
+        raise SystemExit(f"the partition ledgers differ from the ledger alone: {shared.height:,} levels, {alone.height:,} expected")
 
 
 def main() -> int:
@@ -126,13 +163,15 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=50_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--no-kafka", action="store_true", help="measure the ledger alone")
+    parser.add_argument("--processes", type=int, default=2, help="aggregator processes sharing the partitions (after one)")
     args = parser.parse_args()
     frame = movements(args.movements, args.skus)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (the figures move with other work)")
     with tempfile.TemporaryDirectory(prefix="kanal-bench-inventory-") as tmp:
         bench_ledger(frame, args.batch, Path(tmp))
         if not args.no_kafka:
-            bench_kafka(frame, Path(tmp), args.partitions)
+            for processes in sorted({1, args.processes}):
+                bench_kafka(frame, Path(tmp), args.partitions, processes)
     return 0
 
 

@@ -311,20 +311,31 @@ class Ledger:
             return {(t, p): n for t, p, n in self._db.execute("SELECT topic, partition, next FROM offsets")}
 
     def changes_since(self, position: int) -> Changes:
-        """Rows changed after `position` (the outbox), decreases first, then by key."""
-        levels = self._levels_where("version > ?", (position,))
+        """Rows changed after `position` (the outbox), decreases first, then by key.
+
+        Read in one read transaction: a write committed meanwhile (by this
+        process's next batch, or a reservation from another process) must not
+        raise the position returned beyond the rows returned, or marking that
+        position published would skip its rows.
+        """
         with self._lock:
-            rows = self._db.execute(
-                "SELECT sku, channel, quantity, version, computed_us, quantity - COALESCE(previous, 0) AS change "
-                "FROM availability WHERE version > ? ORDER BY change, sku, channel",
-                (position,),
-            ).fetchall()
+            self._db.execute("BEGIN")
+            try:
+                levels = self._levels_where("version > ?", (position,))
+                rows = self._db.execute(
+                    "SELECT sku, channel, quantity, version, computed_us, quantity - COALESCE(previous, 0) AS change "
+                    "FROM availability WHERE version > ? ORDER BY change, sku, channel",
+                    (position,),
+                ).fetchall()
+                at = self.position
+            finally:
+                self._db.execute("COMMIT")
         avail = pl.DataFrame(
             [r[:5] for r in rows],
             schema={"sku": pl.String, "channel": pl.String, "quantity": pl.Int64, "version": pl.Int64, "computed_us": pl.Int64},
             orient="row",
         ).select("sku", "channel", "quantity", "version", pl.from_epoch("computed_us", "us").dt.replace_time_zone("UTC").alias("computed_at"))
-        return Changes(levels, avail, self.position)
+        return Changes(levels, avail, at)
 
     def _levels_where(self, condition: str, params: tuple[object, ...]) -> pl.DataFrame:
         with self._lock:

@@ -257,3 +257,27 @@ def test_changed_rules_recompute_every_sku_with_a_new_version(tmp_path: Path) ->
         assert ledger.availability("A", "web") == 5
         changed = ledger.changes_since(before).availability
         assert changed.filter(pl.col("channel") == "web").get_column("version").to_list() == [before + 1]
+
+
+def test_a_write_committed_while_changes_are_read_is_left_for_the_next_read(tmp_path: Path) -> None:
+    """The aggregator publishes beside its next batch, and reservations come from other processes:
+    `changes_since` must never return a position covering rows it did not return, or they are never published."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path, RULES)
+    ledger.apply([Movement("r", "A", "S1", 10, "receipt", at(0))])
+    other = Ledger(path, RULES)  # another connection, as `kanal reserve` or the edge API open it
+    read_levels = ledger._levels_where
+
+    def levels_then_a_reservation(condition: str, params: tuple[object, ...]) -> pl.DataFrame:
+        levels = read_levels(condition, params)
+        other.reserve("order-1", "A", 1, "store")
+        return levels
+
+    ledger._levels_where = levels_then_a_reservation  # type: ignore[method-assign]
+    first = ledger.changes_since(0)
+    ledger._levels_where = read_levels  # type: ignore[method-assign]
+    then = ledger.changes_since(first.position)
+    reserved = pl.concat([first.levels, then.levels]).filter(pl.col("reserved") == 1)
+    assert reserved.height == 1, "the reservation's stock level was skipped by the outbox"
+    other.close()
+    ledger.close()
