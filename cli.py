@@ -688,10 +688,12 @@ def connector_new(name: str, source: bool, sink: bool, parent: str) -> None:
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="The certificate's private key (PEM).")
 @click.option("--insecure", is_flag=True, help="Allow plain HTTP beyond loopback (a network you trust).")
+@click.option("--keep-days", type=click.FloatRange(min=0), default=14.0, show_default=True,
+              help="Days the journal keeps movements after forwarding them (checked hourly).")
 @click.pass_context
 @handled
 def edge(ctx: click.Context, job: str, store: str, journal: str, port: int, host: str, drop: str | None,
-         tls_cert: str | None, tls_key: str | None, insecure: bool) -> None:  # fmt: skip
+         tls_cert: str | None, tls_key: str | None, insecure: bool, keep_days: float) -> None:  # fmt: skip
     """The store agent: takes stock movements while offline, forwards them to Kafka when it can.
 
     POST /movements (a JSON array of stock_movements), GET /availability/SKU
@@ -710,6 +712,7 @@ def edge(ctx: click.Context, job: str, store: str, journal: str, port: int, host
     options = edge_job.EdgeOptions(
         store, Path(journal), host, port, Path(drop) if drop else None, Path(tls_cert) if tls_cert else None,
         Path(tls_key) if tls_key else None, insecure, edge_http.parse_tokens(os.environ.get(edge_http.TOKENS_ENV)),
+        keep_days,
     )  # fmt: skip
     with _graceful() as stop:
         edge_agent.run(loaded, options, stop, lambda url: _say(

@@ -17,6 +17,10 @@ server for it.
   the broker acknowledged; anything else stays pending and goes out again
   after an outage or a restart (a record sent twice is harmless where
   consumers deduplicate by key; one never sent would be lost).
+* **Bounded.** `prune` forgets forwarded records older than a retention, so
+  a store PC's disk does not fill over the years. A pruned key taken again
+  is journaled again and forwarded again, which consumers that keep every
+  key (the ledgers) ignore.
 """
 
 from __future__ import annotations
@@ -104,6 +108,19 @@ class Journal:
             return
         with self._lock, immediate(self._db) as db:
             db.executemany("UPDATE journal SET forwarded = 1 WHERE seq = ?", ((s,) for s in seqs))
+
+    def prune(self, taken_before_us: int, below_seq: int) -> int:
+        """Forget forwarded records taken before `taken_before_us` with a seq below `below_seq`; returns how many.
+
+        `below_seq` is how far the caller consumed the journal itself (the
+        agent's local ledger): a record it has not applied stays. Seqs are
+        never reused after a prune (AUTOINCREMENT), so positions stored
+        elsewhere keep their meaning.
+        """
+        with self._lock, immediate(self._db) as db:
+            return db.execute(
+                "DELETE FROM journal WHERE forwarded = 1 AND received_us < ? AND seq < ?", (taken_before_us, below_seq)
+            ).rowcount
 
     def stats(self) -> JournalStats:
         with self._lock:

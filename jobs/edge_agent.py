@@ -39,7 +39,7 @@ def require_shared_broker(loaded: LoadedJob) -> None:
 
 
 class Agent:
-    """A running store agent: its `Edge`, forwarder, central follower and drop folder (the HTTP server is `jobs.edge_http`)."""
+    """A running store agent: its `Edge` with its applier, forwarder, central follower and drop folder (the HTTP server is `jobs.edge_http`)."""
 
     def __init__(self, loaded: LoadedJob, options: EdgeOptions, stop: threading.Event, **forwarding: float) -> None:
         require_shared_broker(loaded)
@@ -52,6 +52,7 @@ class Agent:
         self._threads = [
             threading.Thread(target=self.forwarder.run, name="kanal-edge-forward", daemon=True),
             threading.Thread(target=self.central.run, name="kanal-edge-central", daemon=True),
+            threading.Thread(target=self.edge.keep_up, args=(stop, options.keep_days), name="kanal-edge-apply", daemon=True),
         ]
         if self.drop is not None:
             self._threads.append(threading.Thread(target=self.drop.run, args=(stop,), name="kanal-edge-drop", daemon=True))
@@ -64,6 +65,7 @@ class Agent:
     def close(self) -> None:
         self.stop.set()
         self.edge.wake.set()
+        self.edge.journaled.set()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=10)

@@ -117,7 +117,6 @@ class Forwarder:
             self._drop_producer(None)
 
     def _round(self) -> None:
-        self.edge.catch_up()
         if self.producer is None and not self._connect():
             self.stop.wait(self.retry_s)
             return
@@ -264,7 +263,7 @@ class Central:
         store = self.edge.store
         frame = wire.messages_frame(taken, STOCK_MOVEMENT.schema)
         mine = frame.filter((pl.col("location") == store) | (pl.col("counterpart") == store).fill_null(False))
-        self.edge.ledger.apply_frame(mine, ends)
+        self.edge.ledger.ingest(mine, ends)
         if not mine.is_empty():
             self.state.applied += mine.height
             self.state.last_applied_us = int(time.time() * 1_000_000)

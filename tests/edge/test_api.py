@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 
 from kanal.core.embedded import free_port
 from kanal.core.errors import ConfigError
-from kanal.jobs.edge import MAX_BODY, MAX_RECORDS, EdgeOptions
+from kanal.jobs.edge import MAX_BODY, MAX_RECORDS, EdgeOptions, records_frame
 from kanal.jobs.edge_agent import Agent
 from kanal.jobs.edge_drop import DropFolder
 from kanal.jobs.edge_http import serving
@@ -41,7 +42,7 @@ def test_requests_without_a_valid_token_get_401_and_change_nothing(served: Serve
             assert client.get("/availability/A-1").status_code == 401
             assert client.get("/status").status_code == 401
     assert served.agent.edge.journal.stats().journaled == 0
-    assert served.agent.edge.ledger.level("A-1", "S1").on_hand == 0
+    assert served.agent.edge.availability("A-1")["on_hand"] == 0
     # both tokens of a rotation are taken
     for token in (TOKEN, NEXT_TOKEN):
         with served.client(token) as client:
@@ -86,7 +87,7 @@ def test_malformed_records_get_400_naming_record_and_field_and_nothing_is_taken(
         assert client.post("/movements", content=b"{not json").status_code == 400
         assert client.post("/movements", json={"event_id": "x"}).status_code == 400
     assert served.agent.edge.journal.stats().journaled == 0
-    assert served.agent.edge.ledger.level("A-1", "S1").on_hand == 0
+    assert served.agent.edge.availability("A-1")["on_hand"] == 0
 
 
 def test_a_repeated_event_id_is_accepted_and_ignored(served: Served) -> None:
@@ -131,7 +132,7 @@ def test_drop_folder_takes_complete_files_and_sets_bad_ones_aside(served: Served
     assert (drop / "done" / "day.csv").exists() and (drop / "failed" / "broken.json").exists()
     assert "record 1: sale needs a delta of 0 or less" in (drop / "failed" / "broken.json.errors.txt").read_text()
     assert (drop / "notes.txt").exists()
-    assert served.agent.edge.ledger.level("A-1", "S1").on_hand == 10
+    assert served.agent.edge.availability("A-1")["on_hand"] == 10
     assert served.agent.edge.journal.stats().journaled == 2
 
 
@@ -183,3 +184,18 @@ def test_post_and_status_commands_journal_files_and_the_agent_needs_a_token(tmp_
         "store": "S1", "journaled": 2, "backlog": 2, "oldest_unforwarded_at": None}  # fmt: skip
     untokened = runner.invoke(main, ["edge", *at], env={"KANAL_EDGE_TOKENS": ""})
     assert untokened.exit_code == 2 and "KANAL_EDGE_TOKENS" in untokened.output
+
+
+def test_the_journal_forgets_what_it_forwarded_after_the_retention_and_nothing_else(served: Served) -> None:
+    edge = served.agent.edge
+    edge.take(records_frame([sale("old-1"), sale("old-2"), sale("old-3")]))
+    edge.journal.mark_forwarded([1, 2])  # the broker acknowledged two; the third waits for it
+    edge.catch_up()
+    assert edge.prune(keep_days=14) == 0  # taken just now: kept
+    assert edge.prune(keep_days=14, now=time.time() + 15 * 86_400) == 2
+    assert [e.key for e in edge.journal.after(0, 10)] == ["old-3"]  # not forwarded: never forgotten
+    # a till sending a forgotten event again: journaled and forwarded again, counted once by the ledgers
+    again = edge.take(records_frame([sale("old-1")]))
+    assert (again.new, again.duplicate) == (1, 0)
+    assert edge.availability("A-1")["on_hand"] == -3
+    assert edge.journal.after(0, 10)[-1].seq == 4  # seqs are not reused: the ledger's position keeps its meaning
