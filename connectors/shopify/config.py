@@ -11,6 +11,7 @@ Per entity (`ShopifyOptions`, the job file's `entities:` block)::
     products: {}
     prices: {price_list: retail}
     stock_levels: {locations: {WH1: "gid://shopify/Location/1", WH2: "gid://shopify/Location/2"}}
+    availability: {channel: web, location: "gid://shopify/Location/1"}   # sink only
     customers: {}
 """
 
@@ -107,6 +108,28 @@ class ShopifyOptions(EntityOptions):
         None,
         description="stock_levels: canonical location -> Shopify location GID (gid://shopify/Location/N)",
     )
+    channel: str | None = Field(
+        None,
+        description=(
+            "availability (sink; required): the sales channel (inventory.channels) whose availability the shop shows; "
+            "availability of other channels is skipped"
+        ),
+    )
+    location: str | None = Field(
+        None,
+        description=(
+            "availability (sink; required): the Shopify location GID (gid://shopify/Location/N) whose `available` "
+            "quantity shows the channel's availability; keep it out of stock_levels.locations, or the two overwrite "
+            "each other"
+        ),
+    )
+
+    @field_validator("location")
+    @classmethod
+    def _gid(cls, value: str | None) -> str | None:
+        if value is not None and not _LOCATION.match(value):
+            raise ValueError(f"location: {value!r} is not a location GID like gid://shopify/Location/1")
+        return value
 
     @field_validator("locations")
     @classmethod

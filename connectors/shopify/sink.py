@@ -1,4 +1,4 @@
-"""Writing the canonical model into a shop: products and variants, prices, stock per location, customers.
+"""Writing the canonical model into a shop: products and variants, prices, stock per location, availability, customers.
 
 Ids. Shopify addresses records by GIDs; the sink keeps canonical key ->
 GIDs in its memory (`Sink.attach`): for a product row `product variant
@@ -34,8 +34,36 @@ in the entity's `locations` mapping (`inventorySetQuantities`, 250 per
 call, atomic: a refused quantity is set aside and the call repeated without
 it). A deleted stock level sets 0.
 
-Prices and stock levels of a SKU that is not in the shop yet are parked
-(see `parked`) and written by the products write that creates it.
+Availability (what `kanal inventory` computes a sales channel may sell):
+the entity's `channel` is the channel this shop sells, its `location` the
+Shopify location whose `available` quantity shows it (so keep that location
+out of stock_levels' `locations`). Each row of that channel sets `available`
+there, like a stock level: whole units, through `inventorySetQuantities`; a
+deleted row sets 0. Rows of other channels are not for this shop: they are
+skipped (and counted so). Availability is never negative; a negative
+quantity all the same (a hand-made source or mapping) is written as 0: the
+channel has nothing to sell. Refusing it instead would leave the shop's
+older, higher figure in place and let it sell what is gone (and Shopify
+refuses negative quantities in places: INVALID_QUANTITY_NEGATIVE).
+Availability reaches the sink through the engine's channel outbox: the
+changes of a SKU within the window become one write of the last value,
+decreases first, never an older value after a newer one.
+
+No compare-and-set. Shopify offers one (`changeFromQuantity` from API
+version 2026-01, `compareQuantity` before): the write applies only if the
+shop still holds the quantity given. Kanal does not use it for stock levels
+or availability (it sends `changeFromQuantity: null`, or
+`ignoreCompareQuantity` before 2026-01), because Shopify itself lowers
+`available` with every order: checked against what Kanal wrote last, the
+write after any sale would be refused, yet the shop's sales in between are
+legitimate and the figure Kanal sends is meant to replace the shop's. Kanal's
+own writes stay in order without it: the outbox never sends an older version
+of a SKU after a newer one, and the sink memory holds back what is older than
+what was written.
+
+Prices, stock levels and availability of a SKU that is not in the shop yet
+are parked (see `parked`) and written by the products write that creates
+it; a migration's report names those still waiting.
 
 Customers: `customerSet` (2025-04+) or `customerCreate`/`customerUpdate`;
 the customer number travels in the metafield `kanal.customer_no`.
@@ -50,7 +78,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +103,10 @@ _VARIANT_OPTION = "Variant"
 _LOOKUP_PAGE = 250
 _HANDLES_PER_LOOKUP = 100
 _QUANTITIES_PER_CALL = 250
+ENTITIES = ("products", "prices", "stock_levels", "availability", "customers")
+"""What the sink writes; the source reads all but availability (`source.ENTITIES`)."""
+_PARKING = ("prices", "stock_levels", "availability")
+"""Entities whose records wait for their SKU's variant (see `parked`)."""
 
 PRODUCT_SET_FIELDS = "product { id variants(first: 250) { nodes { id sku inventoryItem { id } } } } userErrors { field message code }"
 PRODUCT_SET = Mutation("productSet", {"input": "ProductSetInput!"}, PRODUCT_SET_FIELDS, "synchronous: true")
@@ -192,12 +224,12 @@ class ShopifySink(Sink):
 
     def prepare(self, entity: str, options: EntityOptions) -> None:
         opts = _options(options)
-        if entity not in ("products", "prices", "stock_levels", "customers"):
-            raise ConfigError(f"{self.api.system}: the Shopify sink does not take {entity} (it takes products, prices, stock_levels, customers)")
-        if opts.price_list is not None and entity != "prices":
-            raise ConfigError(f"{self.api.system}: {entity}: `price_list` applies to prices only")
-        if opts.locations is not None and entity != "stock_levels":
-            raise ConfigError(f"{self.api.system}: {entity}: `locations` applies to stock_levels only")
+        if entity not in ENTITIES:
+            raise ConfigError(f"{self.api.system}: the Shopify sink does not take {entity} (it takes {', '.join(ENTITIES)})")
+        owners = {"price_list": "prices", "locations": "stock_levels", "channel": "availability", "location": "availability"}
+        for option, owner in owners.items():
+            if getattr(opts, option) is not None and entity != owner:
+                raise ConfigError(f"{self.api.system}: {entity}: `{option}` applies to {owner} only")
         if entity == "prices" and not opts.price_list:
             raise ConfigError(
                 f"{self.api.system}: prices: set `price_list` (e.g. prices: {{price_list: retail}}): the list whose "
@@ -205,6 +237,13 @@ class ShopifySink(Sink):
             )
         if entity == "stock_levels":
             self._check_locations(opts.locations or {})
+        if entity == "availability":
+            self._check_channel(opts)
+
+    def accepts(self, entity: str, options: EntityOptions, schema: pl.Schema) -> list[str]:
+        """`kanal check` finds what `prepare` would refuse: the checks only read (the shop's locations)."""
+        self.prepare(entity, options)
+        return []
 
     def _check_locations(self, locations: dict[str, str]) -> None:
         if not locations:
@@ -212,14 +251,35 @@ class ShopifySink(Sink):
                 f"{self.api.system}: stock_levels: set `locations` (e.g. locations: {{WH1: \"gid://shopify/Location/1\"}}) "
                 "mapping each canonical location to a Shopify location"
             )
-        found = self.api.query("query($ids: [ID!]!) { nodes(ids: $ids) { ... on Location { id name } } }", {"ids": list(locations.values())})
-        known = {n["id"] for n in found["nodes"] if n}
-        missing = [f"{name} -> {gid}" for name, gid in locations.items() if gid not in known]
+        unknown = self._unknown_locations(list(locations.values()))
+        missing = [f"{name} -> {gid}" for name, gid in locations.items() if gid in unknown]
         if missing:
             raise ConfigError(f"{self.api.system}: stock_levels.locations: {', '.join(missing)} is not a location of the shop")
 
+    def _check_channel(self, opts: ShopifyOptions) -> None:
+        """Availability needs the channel the shop sells and the location that shows it, and that location must exist."""
+        example = 'availability: {channel: web, location: "gid://shopify/Location/1"}'
+        if not opts.channel:
+            raise ConfigError(
+                f"{self.api.system}: availability: set `channel` (e.g. {example}): the sales channel whose "
+                "availability the shop shows"
+            )
+        if not opts.location:
+            raise ConfigError(
+                f"{self.api.system}: availability: set `location` (e.g. {example}): the Shopify location whose "
+                f"`available` quantity shows the availability of channel {opts.channel!r}"
+            )
+        if self._unknown_locations([opts.location]):
+            raise ConfigError(f"{self.api.system}: availability.location: {opts.location} is not a location of the shop")
+
+    def _unknown_locations(self, gids: list[str]) -> set[str]:
+        """The location GIDs among `gids` that the shop does not have."""
+        found = self.api.query("query($ids: [ID!]!) { nodes(ids: $ids) { ... on Location { id name } } }", {"ids": gids})
+        known = {n["id"] for n in found["nodes"] if n}
+        return {gid for gid in gids if gid not in known}
+
     def finish(self, entity: str, options: EntityOptions) -> str | None:
-        if entity not in ("prices", "stock_levels"):
+        if entity not in _PARKING:
             return None
         count, skus = self.parked.waiting(entity)
         if not count:
@@ -245,19 +305,22 @@ class ShopifySink(Sink):
         for row in latest.filter(ops == TRUNCATE).iter_rows(named=True):
             failures.add(row[KEY], "a truncate is not applied to Shopify: delete the records one by one", row.get(VERSION))
         upserts, deletes = latest.filter(~ops.is_in([DELETE, TRUNCATE])), latest.filter(ops == DELETE)
+        skipped = 0
         if entity == "products":
             self._products(upserts, deletes, failures, lane)
         elif entity == "prices":
             self._prices(upserts, deletes, opts, failures, lane)
         elif entity == "stock_levels":
             self._stock(upserts, deletes, opts, failures, lane)
+        elif entity == "availability":
+            skipped = self._availability(upserts, deletes, opts, failures, lane)
         elif entity == "customers":
             self._customers(upserts, deletes, failures, lane)
         else:
             raise ConfigError(f"{self.api.system}: the Shopify sink does not take {entity}")
         result = failures.frame(VERSION in frame.columns)
-        written = latest.height - (0 if result is None else result.height)
-        return WriteResult(written=written, failed=result)
+        written = latest.height - skipped - (0 if result is None else result.height)
+        return WriteResult(written=written, skipped_older=skipped, failed=result)
 
     # -- products -------------------------------------------------------------------------
 
@@ -500,7 +563,7 @@ class ShopifySink(Sink):
         return ready
 
     def _drain_parked(self, skus: Iterable[str], lane: Lane) -> None:
-        """Write the prices and stock levels that waited for the variants just created.
+        """Write the prices, stock levels and availability that waited for the variants just created.
 
         They are parked again if writing them fails (the products write is
         then retried), and so are those Shopify refuses: they are not records
@@ -511,7 +574,12 @@ class ShopifySink(Sink):
         if not skus:
             return
         ids = {sku: Ids.decode(t) for sku, t in self.memory.ids("products", skus).items()}
-        for entity, apply in (("prices", self._apply_prices), ("stock_levels", self._apply_stock)):
+        appliers: dict[str, Callable[[list[tuple[Ids, dict[str, Any]]], _Failures, Lane], None]] = {
+            "prices": self._apply_prices,
+            "stock_levels": self._apply_stock,
+            "availability": lambda records, failures, lane: self._apply_stock(records, failures, lane, what="availability"),
+        }
+        for entity, apply in appliers.items():
             records = self.parked.take(entity, skus)
             if not records:
                 continue
@@ -577,7 +645,10 @@ class ShopifySink(Sink):
                 records.append((row[KEY], row["sku"], row.get(VERSION), {"sku": row["sku"], "key": row[KEY], "location": location, "quantity": quantity}))
         self._apply_stock(self._with_variants("stock_levels", records, lane), failures, lane)
 
-    def _apply_stock(self, records: list[tuple[Ids, dict[str, Any]]], failures: _Failures, lane: Lane) -> None:
+    def _apply_stock(
+        self, records: list[tuple[Ids, dict[str, Any]]], failures: _Failures, lane: Lane, what: str = "stock"
+    ) -> None:
+        """Set `available` per (inventory item, location); `what` names the records in refusals (stock, availability)."""
         pending = [(ids, r) for ids, r in records if ids.item]
         while pending:
             calls = [pending[i : i + _QUANTITIES_PER_CALL] for i in range(0, len(pending), _QUANTITIES_PER_CALL)]
@@ -590,11 +661,32 @@ class ShopifySink(Sink):
                     continue
                 if not refused:  # a refusal of the whole call: every record of it
                     for _, r in call:
-                        failures.add(r["key"], f"Shopify refused the stock of {r['sku']}: {user_error(outcome)}")
+                        failures.add(r["key"], f"Shopify refused the {what} of {r['sku']}: {user_error(outcome)}")
                     continue
                 for index, message in refused.items():
-                    failures.add(call[index][1]["key"], f"Shopify refused the stock of {call[index][1]['sku']}: {message}")
+                    failures.add(call[index][1]["key"], f"Shopify refused the {what} of {call[index][1]['sku']}: {message}")
                 pending.extend(rec for n, rec in enumerate(call) if n not in refused)
+
+    def _availability(
+        self, upserts: pl.DataFrame, deletes: pl.DataFrame, opts: ShopifyOptions, failures: _Failures, lane: Lane
+    ) -> int:
+        """Availability of the entity's channel becomes `available` at its location; returns how many rows were of other channels."""
+        skipped = 0
+        records = []
+        rows = [*((r, False) for r in upserts.iter_rows(named=True)), *((r, True) for r in deletes.iter_rows(named=True))]
+        for row, gone in rows:
+            if row.get("channel") != opts.channel:
+                skipped += 1
+                continue
+            quantity = 0 if gone else _sellable(row.get("quantity"))
+            if quantity is None:
+                failures.add(row[KEY], f"availability {row.get('quantity')!r} of {row['sku']} in channel {opts.channel!r} "
+                             "is not a whole number (Shopify stocks whole units)", row.get(VERSION))
+                continue
+            record = {"sku": row["sku"], "key": row[KEY], "location": opts.location, "quantity": quantity}
+            records.append((row[KEY], row["sku"], row.get(VERSION), record))
+        self._apply_stock(self._with_variants("availability", records, lane), failures, lane, what="availability")
+        return skipped
 
     def _quantities_input(self, call: list[tuple[Ids, dict[str, Any]]]) -> dict[str, Any]:
         newer = self.config.api_version == "unstable" or self.config.api_version >= "2026-01"
@@ -719,6 +811,12 @@ def _whole(value: str | None) -> int | None:
     except ValueError:
         return None
     return int(number) if number.is_integer() else None
+
+
+def _sellable(value: object) -> int | None:
+    """A channel's availability as whole units Shopify takes; below zero is nothing to sell (0); None: not whole."""
+    whole = _whole(None if value is None else str(value))
+    return None if whole is None else max(whole, 0)
 
 
 def _refused_indexes(outcome: Outcome, depth: int) -> dict[int, str] | None:

@@ -14,24 +14,12 @@ from kanal.core.connector import DELETE, OP, VERSION
 from kanal.core.errors import AuthError, ConfigError
 from kanal.core.http import HttpSettings
 from kanal.core.model import CUSTOMER, PRICE, PRODUCT, STOCK_LEVEL
-from kanal.core.sinkmemory import SinkMemory
 from tests.connectors.shopify.conftest import TOKEN
+from tests.connectors.shopify.conftest import canonical_frame as _frame
+from tests.connectors.shopify.conftest import shopify_sink as _sink
 
 LOCATIONS = ShopifyOptions(locations={"WH1": "gid://shopify/Location/1"})
 RETAIL = ShopifyOptions(price_list="retail")
-
-
-def _frame(entity, rows: list[dict]) -> pl.DataFrame:  # type: ignore[no-untyped-def]
-    """Rows as the engine hands them to sinks: every canonical column, and the key."""
-    given = pl.DataFrame(rows, infer_schema_length=None)
-    columns = [(pl.col(n) if n in given.columns else pl.lit(None)).cast(t).alias(n) for n, t in entity.schema.items()]
-    return given.select(columns).with_columns(entity.key_expr())
-
-
-def _sink(shop: Simulator, folder: Path, **settings: object) -> ShopifySink:
-    sink = ShopifySink(ShopifyConfig(shop_url=shop.url, access_token=settings.pop("token", TOKEN), **settings))  # type: ignore[arg-type]
-    sink.attach(SinkMemory(folder / "memory.sqlite"))
-    return sink
 
 
 @pytest.fixture
