@@ -74,8 +74,9 @@ second later, so pausing whenever a writer's queue is full for a moment (a
 burst of changes) turned a 0.1 s delivery into one of a second. The buffer
 is bounded all the same: queue plus this many batches per writer."""
 _LINGER_S = 0.05
-"""A batch is written when full, when nothing more arrives, or after this long:
-deltas arrive steadily, and waiting for a full batch would delay them."""
+"""A batch is written when full, when its writer has nothing queued, when nothing more arrives, or after this
+long: deltas arrive steadily, and waiting for a full batch would delay them. While the writer is busy, a batch
+grows, so batches are as small as the load allows and as large as it needs."""
 
 
 @dataclass(frozen=True)
@@ -380,8 +381,10 @@ class SinkDelivery:
                 for msg in messages:
                     self._take(msg, pending, ready)
                 now = time.monotonic()
-                for key in [k for k, b in pending.items() if not messages or now - b.born >= _LINGER_S]:
-                    ready.append(pending.pop(key))
+                idle = {w for w, inbox in enumerate(self._queues) if inbox.empty()} - {self._writer_of(b) for b in ready}
+                for key, batch in list(pending.items()):
+                    if not messages or key[0] in idle or now - batch.born >= _LINGER_S:
+                        ready.append(pending.pop(key))
             for batch in [*ready, *pending.values()]:  # a stop: hand over what was read before it
                 self._dispatch(batch)
         except BaseException as exc:  # noqa: BLE001 - reported through self.error
