@@ -38,6 +38,13 @@ def shop() -> Iterator[Simulator]:
 
 
 @pytest.fixture
+def sink(shop: Simulator, tmp_path: Path) -> Iterator[ShopifySink]:
+    instance = shopify_sink(shop, tmp_path)
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
 def shop_cli(cli: Cli) -> Cli:
     cli.env["SHOPIFY_TOKEN"] = TOKEN
     return cli

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -27,7 +26,7 @@ from kanal.core.retry import RetryPolicy
 from kanal.core.validate import KEY
 from tests.conftest import Cli, Databases
 from tests.connectors.shopify import shop as erp
-from tests.connectors.shopify.conftest import TOKEN, canonical_frame, shopify_sink
+from tests.connectors.shopify.conftest import TOKEN, canonical_frame
 
 WEB_AT = "gid://shopify/Location/1"
 OTHER = "gid://shopify/Location/2"
@@ -46,13 +45,6 @@ def products(sink: ShopifySink, *skus: str) -> None:
     """Create one-variant products with `skus` through the sink, as a products write of the same job does."""
     rows = [{"sku": sku, "name": f"Product {sku}", "parent_sku": None} for sku in skus]
     assert sink.write("products", ShopifyOptions(), canonical_frame(PRODUCT, rows), "products").failed is None
-
-
-@pytest.fixture
-def sink(shop: Simulator, tmp_path: Path) -> Iterator[ShopifySink]:
-    instance = shopify_sink(shop, tmp_path)
-    yield instance
-    instance.close()
 
 
 def test_the_outbox_in_front_of_the_sink_makes_a_hundred_changes_one_call_with_the_last_value(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -20,13 +19,6 @@ from tests.connectors.shopify.conftest import shopify_sink as _sink
 
 LOCATIONS = ShopifyOptions(locations={"WH1": "gid://shopify/Location/1"})
 RETAIL = ShopifyOptions(price_list="retail")
-
-
-@pytest.fixture
-def sink(shop: Simulator, tmp_path: Path) -> Iterator[ShopifySink]:
-    instance = _sink(shop, tmp_path)
-    yield instance
-    instance.close()
 
 
 def test_a_lost_memory_updates_the_products_the_shop_has_instead_of_creating_them_again(

@@ -7,7 +7,6 @@ documented REST API v3 over real HTTP; nothing is mocked.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -58,13 +57,6 @@ sinks:
       prices: {{price_list: retail}}
       stock_levels: {{location: WH1}}
 """
-
-
-@pytest.fixture
-def sim() -> Iterator[WooSimulator]:
-    simulator = WooSimulator().start()
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture

@@ -24,13 +24,6 @@ WH1 = WooOptions(location="WH1")
 
 
 @pytest.fixture
-def sim() -> Iterator[WooSimulator]:
-    simulator = WooSimulator().start()
-    yield simulator
-    simulator.stop()
-
-
-@pytest.fixture
 def sink(sim: WooSimulator, tmp_path: Path) -> Iterator[WooSink]:
     woo = WooSink(WooConfig(url=sim.url, consumer_key="ck_test", consumer_secret="cs_test"))
     woo.attach(SinkMemory(tmp_path / "woo.sqlite"))
