@@ -248,13 +248,21 @@ class Edge:
         while not stop.is_set():
             self.journaled.wait(1.0)
             self.journaled.clear()
-            try:
-                self.catch_up()
-                if time.monotonic() - pruned_at >= _PRUNE_EVERY_S:
-                    pruned_at = time.monotonic()
+            if self._applied() and time.monotonic() - pruned_at >= _PRUNE_EVERY_S:
+                pruned_at = time.monotonic()
+                try:
                     self.prune(keep_days)
-            except sqlite3.Error as exc:  # the next round tries again; reads catch up themselves
-                log.warning("the store's figures lag behind its journal for now: %s", exc)
+                except sqlite3.Error as exc:  # the disk fills an hour later at most: tried again then
+                    log.warning("the journal was not pruned this time: %s", exc)
+
+    def _applied(self) -> bool:
+        """`catch_up`, where a failure only delays the store's figures: journaled is taken, the next round tries again."""
+        try:
+            self.catch_up()
+            return True
+        except sqlite3.Error as exc:
+            log.warning("the store's figures lag behind its journal for now: %s", exc)
+            return False
 
     def prune(self, keep_days: float, now: float | None = None) -> int:
         """Forget journal records forwarded and applied, taken more than `keep_days` ago; returns how many."""
@@ -296,10 +304,7 @@ class Edge:
 
     def availability(self, sku: str) -> dict[str, Any]:
         """The store's figure for `sku` from its own state (no network), with everything journaled applied."""
-        try:
-            self.catch_up()
-        except sqlite3.Error as exc:  # journaled is taken: the local ledger catches up at the forwarder's next round
-            log.warning("the store's figures lag behind its journal for now: %s", exc)
+        self._applied()
         level = self.ledger.level(sku, self.store)
         channels = {name: self.ledger.availability(sku, name) for name in self.ledger.rules.channels}
         return {
