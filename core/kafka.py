@@ -169,29 +169,50 @@ class KafkaConnection:
         md = AdminClient(self.config()).list_topics(topic, timeout=10)
         return len(md.topics[topic].partitions)
 
-    def size(self, topic: str) -> int:
-        """Messages `topic` holds now (all partitions)."""
-        consumer = self.consumer(f"{self.settings.topic_prefix}.size")
+    def ends(self, topic: str) -> list[tuple[int, int]]:
+        """(first offset held, offset after the last message) of every partition of `topic`.
+
+        The broker's answer to "list offsets" is not enough: Tansu (`kanal
+        broker`, the embedded broker) answers the offset after the *first*
+        record of a partition's last batch, so a batch of 46 records reads as
+        one. A fetch's end of partition is right on every broker, so each
+        partition that holds anything is read from its last listed offset to
+        its end: one batch at most.
+        """
+        settings = {"enable.partition.eof": True, "fetch.wait.max.ms": 10}
+        consumer = self.consumer(f"{self.settings.topic_prefix}.ends", **settings)
         try:
-            total = 0
-            for p in range(self.partitions_of(topic)):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                total += max(0, high - low)
-            return total
+            parts = range(self.partitions_of(topic))
+            listed = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts]
+            ends = [high for _, high in listed]
+            probing = {p for p, (low, high) in enumerate(listed) if high > low}
+            consumer.assign([TopicPartition(topic, p, listed[p][1] - 1) for p in probing])
+            deadline = time.monotonic() + 10
+            while probing:
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"kafka {self.bootstrap}", f"no end of topic {topic} reached within 10s")
+                for msg in consume_ready(consumer, 1000, 0.1):
+                    if msg.error() is None:
+                        ends[msg.partition()] = max(ends[msg.partition()], msg.offset() + 1)
+                    elif msg.error().code() == KafkaError._PARTITION_EOF:
+                        ends[msg.partition()] = max(ends[msg.partition()], msg.offset())
+                        probing.discard(msg.partition())
+            return [(low, end) for (low, _), end in zip(listed, ends, strict=True)]
         finally:
             consumer.close()
 
+    def size(self, topic: str) -> int:
+        """Messages `topic` holds now (all partitions)."""
+        return sum(end - low for low, end in self.ends(topic))
+
     def lag(self, group: str, topic: str) -> int:
         """Messages of `topic` the consumer group has not committed yet (all partitions)."""
+        ends = self.ends(topic)
         consumer = self.consumer(group)
         try:
-            parts = [TopicPartition(topic, p) for p in range(self.partitions_of(topic))]
-            total = 0
-            for tp in consumer.committed(parts, timeout=10):
-                low, high = consumer.get_watermark_offsets(tp, timeout=10)
-                # Tansu's high watermark can trail a committed offset by a few: never count below zero.
-                total += max(0, high - (tp.offset if tp.offset >= 0 else low))
-            return total
+            committed = consumer.committed([TopicPartition(topic, p) for p in range(len(ends))], timeout=10)
+            at = [tp.offset if tp.offset >= 0 else low for tp, (low, _) in zip(committed, ends, strict=True)]
+            return sum(max(0, end - offset) for offset, (_, end) in zip(at, ends, strict=True))
         finally:
             consumer.close()
 

@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from kanal.core import wire
 from kanal.core.embedded import EmbeddedBroker, free_port
 from kanal.core.inventory import Ledger
+from kanal.core.kafka import KafkaConnection, KafkaSettings
 from kanal.core.model import STOCK_MOVEMENT
 from kanal.jobs.load import load_job
 from tests.conftest import KANAL
@@ -49,11 +50,11 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[int, dict[str, object],
     """Every message of the topic: (partition, record, headers), in partition order."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
     try:
+        size = KafkaConnection(KafkaSettings(bootstrap_servers=bootstrap)).size(topic)
         partitions = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         read: list[tuple[int, dict[str, object], dict[str, str]]] = []
-        while len(read) < sum(ends.values()):
+        while len(read) < size:
             for msg in consumer.consume(500, timeout=1):
                 if msg.error() is None:
                     read.append((msg.partition(), json.loads(msg.value()), wire.headers_of(msg.headers())))
