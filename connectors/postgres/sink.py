@@ -268,15 +268,19 @@ class PostgresSink(Sink):
         removed = 0
         with translated(self.system):
             conn = self._connection()
+            conn.rollback()  # a retried attempt starts afresh, not in the transaction the failed one left aborted
+            # Every worker of a shared migration builds the keys once it sees the migration complete, often at the
+            # same moment: one at a time, or two removing the same duplicates deadlock.
+            conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [target.table])
             try:
-                conn.execute(ddl.key_ddl(target.table, opts.table, model))
+                with conn.transaction():
+                    conn.execute(ddl.key_ddl(target.table, opts.table, model))
             except (psycopg.errors.DuplicateTable, psycopg.errors.InvalidTableDefinition):
                 conn.rollback()  # another worker of the job built it first
                 self._targets[entity] = ddl.inspect(conn, opts.schema_name, opts.table) or target
                 conn.commit()
                 return f"key on {opts.table} built by another worker"
             except psycopg.errors.UniqueViolation:
-                conn.rollback()
                 removed = conn.execute(ddl.dedupe_sql(target.table, model.key, self._configured_version(target, options))).rowcount
                 conn.execute(ddl.key_ddl(target.table, opts.table, model))
             conn.execute(f"comment on table {target.table} is null")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import polars as pl
 import pytest
@@ -119,3 +121,28 @@ def test_existing_table_without_key_is_refused_clearly(dbs) -> None:
     sink = PostgresSink(PostgresConfig(dsn=dbs.shop))
     with pytest.raises(ConfigError, match="has no primary key or unique index"):
         sink.prepare("prices", PostgresSinkOptions(table="shop_prices"))
+
+
+def test_two_workers_finishing_one_table_with_duplicates_at_once_build_one_key(dbs) -> None:
+    """Each worker of a shared migration builds the keys when it sees the migration complete, often at the same moment.
+
+    Both find the re-delivered duplicates; removing them at once used to deadlock, and the failed worker's retry ran
+    in its aborted transaction.
+    """
+    opts = PostgresSinkOptions(table="shop_prices")
+    sinks = [PostgresSink(PostgresConfig(dsn=dbs.shop)) for _ in range(2)]
+    for sink in sinks:
+        sink.prepare("prices", opts)
+    rows = [_row(f"S{i:05d}", "1.00", T1) for i in range(20_000)]
+    sinks[0].write("prices", opts, _prices(rows), "b1")
+    sinks[1].write("prices", opts, _prices(rows), "b1-again")  # both workers read the chunk
+    start = threading.Barrier(2)
+
+    def finish(sink: PostgresSink) -> str | None:
+        start.wait()
+        return sink.finish("prices", opts)
+
+    with ThreadPoolExecutor(2) as pool:
+        notes = sorted(str(n) for n in pool.map(finish, sinks))
+    assert notes == ["key built on shop_prices, 20000 re-delivered duplicates removed", "key on shop_prices built by another worker"]
+    assert dbs.shop_sql("select count(*) from shop_prices") == [(20_000,)]
