@@ -175,6 +175,8 @@ sinks:
     config: {url: "${WOO_URL}", consumer_key: ck_test, consumer_secret: cs_test}
     entities:
       availability: {channel: web}
+inventory: {publish_window_ms: 10000}  # nothing ripens before the run's end sends all: records delivered in
+                                       # several batches still make one call, however the machine is loaded
 """
 
 
