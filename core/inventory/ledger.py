@@ -43,17 +43,8 @@ from pathlib import Path
 
 import polars as pl
 
-from kanal.core.inventory.movements import (
-    EFFECT_SCHEMA,
-    HOLD_SCHEMA,
-    MOVEMENT_SCHEMA,
-    Movement,
-    check,
-    effects,
-    holds,
-    movements_frame,
-)
-from kanal.core.inventory.rules import LOCATION_COLUMNS, ChannelRules
+from kanal.core.inventory.movements import BUCKETED, MOVEMENT_SCHEMA, Movement, check, movements_frame
+from kanal.core.inventory.rules import ChannelRules
 from kanal.core.sqlite import immediate
 
 _SCHEMA = """
@@ -90,7 +81,55 @@ CREATE TEMP TABLE IF NOT EXISTS b_hold (
     consumed INTEGER, expires_us INTEGER);
 CREATE TEMP TABLE IF NOT EXISTS b_keys (sku TEXT, location TEXT, PRIMARY KEY (sku, location));
 CREATE TEMP TABLE IF NOT EXISTS b_avail (sku TEXT, channel TEXT, quantity INTEGER);
+CREATE TEMP TABLE IF NOT EXISTS r_channels (channel TEXT PRIMARY KEY, buffer INTEGER, percent REAL, cap INTEGER);
+CREATE TEMP TABLE IF NOT EXISTS r_pool (location TEXT, channel TEXT, floor INTEGER, PRIMARY KEY (location, channel));
 """
+
+# What the movements of a batch (those that got a position after :last) do, as `core.inventory.movements`
+# tells per reason: effects on quantities, one row per change, and on reservation lines.
+_EFFECTS = f"""
+INSERT INTO b_eff (event_id, sku, location, bucket, kind, amount, occurred_us)
+SELECT event_id, sku, location,
+       CASE WHEN reason IN ({", ".join(f"'{r}'" for r in BUCKETED)}) THEN COALESCE(bucket, 'on_hand') ELSE 'on_hand' END,
+       CASE reason WHEN 'count' THEN 'count' ELSE 'delta' END, delta, occurred_us
+FROM movements WHERE position > :last AND reason NOT IN ('reservation', 'release')
+UNION ALL
+SELECT event_id, sku, location, 'incoming', 'delta', -delta, occurred_us
+FROM movements WHERE position > :last
+  AND ((reason = 'receipt' AND bucket = 'incoming') OR (reason = 'transfer_in' AND counterpart IS NOT NULL))
+UNION ALL
+SELECT event_id, sku, counterpart, 'incoming', 'delta', -delta, occurred_us
+FROM movements WHERE position > :last AND reason = 'transfer_out' AND counterpart IS NOT NULL
+"""
+_BATCH_HOLDS = """
+INSERT INTO b_hold (event_id, reservation_id, sku, location, reserved, released, consumed, expires_us)
+SELECT event_id, reservation_id, sku, location, CASE reason WHEN 'reservation' THEN -delta ELSE 0 END,
+       CASE reason WHEN 'release' THEN delta ELSE 0 END, CASE reason WHEN 'sale' THEN -delta ELSE 0 END, expires_us
+FROM movements WHERE position > :last
+  AND (reason IN ('reservation', 'release') OR (reason = 'sale' AND reservation_id IS NOT NULL))
+"""
+
+# The channel rules' formula (`core.inventory.rules`) over the `stock` rows of some skus, with the rules
+# loaded into `r_channels` and `r_pool`. The buffer's percentage is rounded up as a float ceiling, less a
+# hair so that 10% of 50 holds back 5, not 6.
+_SELLABLE = "MAX(0, s.on_hand - s.reserved - s.unavailable - p.floor)"
+
+
+def _availability_of(skus: str) -> str:
+    """SELECT sku, channel, quantity for every sku `skus` (a query of one `sku` column) and every channel."""
+    return f"""
+WITH skus AS ({skus}),
+pooled AS (
+    SELECT s.sku, p.channel, SUM({_SELLABLE}) AS pooled FROM stock s JOIN r_pool p ON p.location = s.location
+    WHERE s.sku IN (SELECT sku FROM skus) GROUP BY s.sku, p.channel),
+held AS (
+    SELECT k.sku, c.channel, COALESCE(q.pooled, 0) AS pooled, c.cap,
+           CASE WHEN c.percent IS NULL THEN c.buffer
+                ELSE CAST(COALESCE(q.pooled, 0) * c.percent / 100.0 - 1e-9 AS INTEGER)
+                     + (COALESCE(q.pooled, 0) * c.percent / 100.0 - 1e-9
+                        > CAST(COALESCE(q.pooled, 0) * c.percent / 100.0 - 1e-9 AS INTEGER)) END AS buffer
+    FROM skus k CROSS JOIN r_channels c LEFT JOIN pooled q ON q.sku = k.sku AND q.channel = c.channel)
+SELECT sku, channel, MIN(COALESCE(cap, {2**63 - 1}), MAX(0, pooled - buffer)) AS quantity FROM held"""
 
 _DELTAS = """
 UPDATE levels SET total = levels.total + d.amount FROM (
@@ -244,6 +283,7 @@ class Ledger:
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the indexes of a busy day stay in memory
         self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.executescript(_SCHEMA)
+        self._load_rules()
         self._recompute_if_rules_changed()
 
     def close(self) -> None:
@@ -417,15 +457,13 @@ class Ledger:
                 expiry = max((e for _, _, e in held if e is not None), default=None)
                 return Reservation(reservation_id, sku, channel, sum(n for _, n in lines), True, self._compute(db, sku, channel),
                                    lines, _datetime(expiry) if expiry else None)  # fmt: skip
-            levels = self._location_levels(db, [sku])
-            available = self._compute(db, sku, channel, levels)
+            available = self._compute(db, sku, channel)
             if quantity > available:
                 return Reservation(reservation_id, sku, channel, quantity, False, available)
-            sellable = dict(
-                levels.filter(pl.col("location").is_in(ch.locations))
-                .select("location", self.rules.sellable_expr(channel))
-                .iter_rows()
-            )
+            sellable = dict(db.execute(
+                f"SELECT s.location, {_SELLABLE} FROM stock s JOIN r_pool p ON p.location = s.location "
+                "WHERE s.sku = ? AND p.channel = ?", (sku, channel),
+            ).fetchall())
             lines, need = [], quantity
             for location in ch.locations:
                 take = min(need, sellable.get(location, 0))
@@ -519,12 +557,8 @@ class Ledger:
         fresh = db.execute("SELECT count(*) FROM movements WHERE position > ?", (last,)).fetchall()[0][0]
         if fresh == 0:
             return
-        db.executemany(f"INSERT INTO b_eff VALUES ({', '.join('?' * len(EFFECT_SCHEMA))})", effects(valid).iter_rows())
-        db.executemany(f"INSERT INTO b_hold VALUES ({', '.join('?' * len(HOLD_SCHEMA))})", holds(valid).iter_rows())
-        if fresh < valid.height:  # some were seen before: their effects were counted then
-            new = f"(SELECT event_id FROM movements WHERE position > {int(last)})"
-            db.execute(f"DELETE FROM b_eff WHERE event_id NOT IN {new}")
-            db.execute(f"DELETE FROM b_hold WHERE event_id NOT IN {new}")
+        db.execute(_EFFECTS, {"last": last})
+        db.execute(_BATCH_HOLDS, {"last": last})
         db.execute("INSERT INTO effects SELECT * FROM b_eff ORDER BY sku, location, bucket, occurred_us")
         db.execute("INSERT OR IGNORE INTO levels (sku, location, bucket, total) SELECT DISTINCT sku, location, bucket, 0 FROM b_eff")
         db.execute(_DELTAS)
@@ -536,24 +570,27 @@ class Ledger:
         self._write_availability(db, version, now)
         self._set_position(db, version)
 
-    def _location_levels(self, db: sqlite3.Connection, skus: Sequence[str] | None = None) -> pl.DataFrame:
-        """`LOCATION_COLUMNS` of the given skus (default: the skus of `b_keys`), every location."""
-        where = "sku IN (SELECT sku FROM b_keys)" if skus is None else f"sku IN ({', '.join('?' * len(skus))})"
-        rows = db.execute(f"SELECT {', '.join(LOCATION_COLUMNS)} FROM stock WHERE {where}", tuple(skus or ())).fetchall()
-        schema = {"sku": pl.String, "location": pl.String, "on_hand": pl.Int64, "reserved": pl.Int64, "unavailable": pl.Int64}
-        return pl.DataFrame(rows, schema=schema, orient="row")
-
-    def _compute(self, db: sqlite3.Connection, sku: str, channel: str, levels: pl.DataFrame | None = None) -> int:
-        levels = self._location_levels(db, [sku]) if levels is None else levels
-        frame = self.rules.availability_frame(levels, pl.Series([sku]))
-        return int(frame.filter(pl.col("channel") == channel).get_column("quantity")[0])
+    def _compute(self, db: sqlite3.Connection, sku: str, channel: str) -> int:
+        row = _first(db.execute(f"{_availability_of('SELECT ? AS sku')} WHERE channel = ?", (sku, channel)).fetchall())
+        return int(row[2]) if row is not None else 0
 
     def _write_availability(self, db: sqlite3.Connection, version: int, now: int) -> bool:
         """Availability of the skus in `b_keys` on every channel; rows whose quantity changed get `version`."""
         if not self.rules.channels:
             return False
-        skus = pl.Series([r[0] for r in db.execute("SELECT DISTINCT sku FROM b_keys")], dtype=pl.String)
-        computed = self.rules.availability_frame(self._location_levels(db), skus)
         db.execute("DELETE FROM b_avail")
-        db.executemany("INSERT INTO b_avail VALUES (?, ?, ?)", computed.iter_rows())
+        db.execute(f"INSERT INTO b_avail {_availability_of('SELECT DISTINCT sku FROM b_keys')}")
         return db.execute(_AVAILABILITY, {"version": version, "now": now}).rowcount > 0
+
+    def _load_rules(self) -> None:
+        """The channel rules as the tables the availability statements join (this connection's, in memory)."""
+        rules = self.rules
+        with self._lock, immediate(self._db) as db:
+            db.execute("DELETE FROM r_channels")
+            db.execute("DELETE FROM r_pool")
+            db.executemany("INSERT INTO r_channels VALUES (?, ?, ?, ?)", [
+                (name, ch.buffer if ch.percent is None else None, ch.percent, ch.cap) for name, ch in rules.channels.items()
+            ])  # fmt: skip
+            db.executemany("INSERT INTO r_pool VALUES (?, ?, ?)", [
+                (loc, name, rules.floor(name, loc)) for name, ch in rules.channels.items() for loc in ch.locations
+            ])  # fmt: skip

@@ -16,9 +16,10 @@ when it happened on the device (`occurred_at`). What each reason changes:
 | `reservation` | ≤ 0 | reserved (by -delta) under `reservation_id` |
 | `release` | ≥ 0 | gives back up to `delta` reserved units of `reservation_id` |
 
-Everything here is polars expressions over a whole batch: no Python runs per
+Checks are polars expressions over a whole batch: no Python runs per
 movement. A movement that breaks a rule is not applied; it comes back with
-its reason (`REJECTED`).
+its reason (`REJECTED`). The ledger turns the checked movements into their
+effects in SQL, as the table above says.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ BUCKETS = ("on_hand", "unavailable", "incoming")
 REJECTED = "_kanal_reason"
 _NEGATIVE = ("sale", "transfer_out", "reservation")
 _POSITIVE = ("return", "receipt", "transfer_in", "release", "count")
-_BUCKETED = ("adjustment", "count")
+BUCKETED = ("adjustment", "count")
+"""Reasons whose `bucket` names the quantity they change."""
 
 MOVEMENT_SCHEMA = pl.Schema(
     {
@@ -55,14 +57,6 @@ MOVEMENT_SCHEMA = pl.Schema(
     }
 )
 """A checked batch, as the ledger stores it (times in epoch microseconds, UTC)."""
-EFFECT_SCHEMA = pl.Schema(
-    {"event_id": pl.String, "sku": pl.String, "location": pl.String, "bucket": pl.String, "kind": pl.String,
-     "amount": pl.Int64, "occurred_us": pl.Int64}
-)  # fmt: skip
-HOLD_SCHEMA = pl.Schema(
-    {"event_id": pl.String, "reservation_id": pl.String, "sku": pl.String, "location": pl.String,
-     "reserved": pl.Int64, "released": pl.Int64, "consumed": pl.Int64, "expires_us": pl.Int64}
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +149,7 @@ def check(frame: pl.DataFrame, now_us: int) -> tuple[pl.DataFrame, pl.DataFrame]
         .then(pl.concat_str(reason, pl.lit(" needs a reservation_id")))
         .when(bucket.is_not_null() & ~bucket.is_in(BUCKETS))
         .then(pl.lit("bucket must be one of " + ", ".join(BUCKETS)))
-        .when(bucket.is_not_null() & (bucket != "on_hand") & ~reason.is_in((*_BUCKETED, "receipt")))
+        .when(bucket.is_not_null() & (bucket != "on_hand") & ~reason.is_in((*BUCKETED, "receipt")))
         .then(pl.concat_str(pl.lit("bucket applies to adjustment, count and receipt, not to "), reason))
         .when((reason == "receipt") & (bucket == "unavailable"))
         .then(pl.lit("a receipt's bucket can only be incoming (the units were announced)"))
@@ -168,43 +162,3 @@ def check(frame: pl.DataFrame, now_us: int) -> tuple[pl.DataFrame, pl.DataFrame]
     valid = tagged.filter(pl.col(REJECTED).is_null()).select(list(MOVEMENT_SCHEMA))
     rejected = tagged.filter(pl.col(REJECTED).is_not_null()).drop("_raw")
     return valid.cast(dict(MOVEMENT_SCHEMA)), rejected
-
-
-def effects(movements: pl.DataFrame) -> pl.DataFrame:
-    """What checked movements do to the quantities (on_hand, unavailable, incoming), one row per change."""
-    reason, delta = pl.col("reason"), pl.col("delta")
-    bucket = pl.when(reason.is_in(_BUCKETED)).then(pl.col("bucket").fill_null("on_hand")).otherwise(pl.lit("on_hand"))
-    kind = pl.when(reason == "count").then(pl.lit("count")).otherwise(pl.lit("delta"))
-    own = movements.filter(~reason.is_in(("reservation", "release"))).select(
-        "event_id", "sku", "location", bucket.alias("bucket"), kind.alias("kind"), delta.alias("amount"), "occurred_us"
-    )
-    arrived = (
-        ((reason == "receipt") & (pl.col("bucket") == "incoming"))
-        | ((reason == "transfer_in") & pl.col("counterpart").is_not_null())
-    )
-    leaves_incoming = movements.filter(arrived).select(
-        "event_id", "sku", "location", pl.lit("incoming").alias("bucket"), pl.lit("delta").alias("kind"),
-        (-delta).alias("amount"), "occurred_us",
-    )  # fmt: skip
-    in_transit = movements.filter((reason == "transfer_out") & pl.col("counterpart").is_not_null()).select(
-        "event_id", "sku", pl.col("counterpart").alias("location"), pl.lit("incoming").alias("bucket"),
-        pl.lit("delta").alias("kind"), (-delta).alias("amount"), "occurred_us",
-    )  # fmt: skip
-    return pl.concat([own, leaves_incoming, in_transit]).cast(dict(EFFECT_SCHEMA))
-
-
-def holds(movements: pl.DataFrame) -> pl.DataFrame:
-    """What checked movements do to reservations: units reserved, released and consumed by sales, per reservation line."""
-    reason, delta = pl.col("reason"), pl.col("delta")
-    concerned = reason.is_in(("reservation", "release")) | ((reason == "sale") & pl.col("reservation_id").is_not_null())
-    return (
-        movements.filter(concerned)
-        .select(
-            "event_id", "reservation_id", "sku", "location",
-            pl.when(reason == "reservation").then(-delta).otherwise(0).alias("reserved"),
-            pl.when(reason == "release").then(delta).otherwise(0).alias("released"),
-            pl.when(reason == "sale").then(-delta).otherwise(0).alias("consumed"),
-            "expires_us",
-        )  # fmt: skip
-        .cast(dict(HOLD_SCHEMA))
-    )

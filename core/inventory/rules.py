@@ -22,9 +22,9 @@ customers), so they are subtracted before pooling: a location can never lend
 its floor to another. The buffer is per channel (a margin against the
 latency of pushing numbers to a marketplace), the cap limits exposure on a
 channel (sell at most 50 on a marketplace, whatever the warehouse holds).
-The formula is written once, as polars expressions over many skus at a time
-(`availability_frame`), and used both for publishing and for the
-check-and-reserve of `Ledger.reserve`, so the two can never disagree.
+The ledger computes the formula in SQL, next to the levels it reads, both
+for publishing and for the check-and-reserve of `Ledger.reserve`: one
+statement, so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -32,12 +32,9 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-LOCATION_COLUMNS = ("sku", "location", "on_hand", "reserved", "unavailable")
-"""What `availability_frame` reads per (sku, location)."""
 
 
 class _Strict(BaseModel):
@@ -130,41 +127,3 @@ class ChannelRules(_Strict):
     def locations(self) -> set[str]:
         """Every location some channel sells from."""
         return {loc for ch in self.channels.values() for loc in ch.locations}
-
-    def sellable_expr(self, channel: str) -> pl.Expr:
-        """Per (sku, location) row: what the location contributes to the channel (after its floor, never negative)."""
-        ch = self.channel(channel)
-        floors = {loc: self.floor(channel, loc) for loc in ch.locations}
-        floor = pl.col("location").replace_strict(floors, default=0, return_dtype=pl.Int64)
-        free = pl.col("on_hand") - pl.col("reserved") - pl.col("unavailable") - floor
-        return pl.max_horizontal(free, pl.lit(0, pl.Int64)).alias("sellable")
-
-    def availability_frame(self, levels: pl.DataFrame, skus: pl.Series | None = None) -> pl.DataFrame:
-        """Availability (sku, channel, quantity) for every sku of `levels` (or `skus`) on every channel.
-
-        `levels` holds `LOCATION_COLUMNS` (Int64 quantities) for the skus
-        concerned, any locations; a sku with no level at a channel's locations
-        is available 0 there.
-        """
-        all_skus = (skus if skus is not None else levels.get_column("sku")).unique().to_frame("sku")
-        frames = []
-        for name, ch in self.channels.items():
-            pooled = (
-                levels.filter(pl.col("location").is_in(ch.locations))
-                .with_columns(self.sellable_expr(name))
-                .group_by("sku")
-                .agg(pl.col("sellable").sum().alias("pooled"))
-            )
-            pooled = all_skus.join(pooled, on="sku", how="left").with_columns(pl.col("pooled").fill_null(0))
-            percent = ch.percent
-            if percent is None:
-                buffer = pl.lit(int(ch.buffer), pl.Int64)
-            else:
-                buffer = (pl.col("pooled") * percent / 100 - 1e-9).ceil().cast(pl.Int64)
-            quantity = pl.max_horizontal(pl.col("pooled") - buffer, pl.lit(0, pl.Int64))
-            if ch.cap is not None:
-                quantity = pl.min_horizontal(quantity, pl.lit(ch.cap, pl.Int64))
-            frames.append(pooled.select("sku", pl.lit(name).alias("channel"), quantity.cast(pl.Int64).alias("quantity")))
-        if not frames:
-            return pl.DataFrame(schema={"sku": pl.String, "channel": pl.String, "quantity": pl.Int64})
-        return pl.concat(frames)
