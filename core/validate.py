@@ -159,22 +159,25 @@ def conform(frame: pl.DataFrame, entity: Entity) -> pl.DataFrame:
     field, whose value it left NULL) is kept, before the rules' own.
     """
     present = {f.name: frame.schema[f.name] for f in entity.fields if f.name in frame.columns}
-    raw = frame.select([pl.col(n).alias(f"_raw_{n}") for n in present])
-    converted = frame.select(
-        [_convert(f, present[f.name]).alias(f.name) if f.name in present else pl.lit(None, f.dtype).alias(f.name)
-         for f in entity.fields]
-    ).cast(dict(entity.schema))
+    converted = [
+        (_convert(f, present[f.name]) if f.name in present else pl.lit(None, f.dtype)).cast(f.dtype).alias(f.name)
+        for f in entity.fields
+    ]
+    raw = [pl.col(n).alias(f"_raw_{n}") for n in present]
     rules = [r for f in entity.fields if f.name in present or f.required for r in _rules(f)]
     reason = pl.coalesce(rules) if rules else pl.lit(None, pl.String)
-    earlier = [frame.select(pl.col(REASON).cast(pl.String).alias(_EARLIER))] if REASON in frame.columns else []
+    earlier = [pl.col(REASON).cast(pl.String).alias(_EARLIER)] if REASON in frame.columns else []
     if earlier:
         joined = pl.concat_str([pl.col(_EARLIER), reason], separator="; ", ignore_nulls=True)
         reason = pl.when(pl.col(_EARLIER).is_null() & reason.is_null()).then(None).otherwise(joined)
-    checked = pl.concat([converted, raw, *earlier], how="horizontal").with_columns(
-        entity.key_expr(),
-        reason.alias(REASON),
+    # One plan, one collect: a small batch (a till's request) costs polars' fixed overhead once, not per step.
+    return (
+        frame.lazy()
+        .select(*converted, *raw, *earlier)
+        .with_columns(entity.key_expr(), reason.alias(REASON))
+        .select(*entity.field_names, KEY, REASON)
+        .collect()
     )
-    return checked.select([*entity.field_names, KEY, REASON])
 
 
 def split(checked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

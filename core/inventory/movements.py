@@ -25,6 +25,7 @@ effects in SQL, as the table above says.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -106,31 +107,11 @@ def _text(frame: pl.DataFrame, column: str) -> pl.Expr:
     return pl.col(column).cast(pl.String) if column in frame.columns else pl.lit(None, pl.String)
 
 
-def check(frame: pl.DataFrame, now_us: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A canonical `stock_movements` frame -> (valid movements in `MOVEMENT_SCHEMA`, rejected rows with their reason).
-
-    Duplicates of one event_id within the batch keep the first. A missing
-    `occurred_at` becomes `now_us` (arrival time), which the ledger records,
-    so replaying the ledger gives the same result.
-    """
-    raw_delta = pl.col("delta").cast(pl.Float64, strict=False)
-    typed = frame.select(
-        _text(frame, "event_id").alias("event_id"),
-        _text(frame, "sku").alias("sku"),
-        _text(frame, "location").alias("location"),
-        raw_delta.alias("_raw"),
-        raw_delta.round(0).cast(pl.Int64, strict=False).alias("delta"),
-        _text(frame, "reason").alias("reason"),
-        _epoch_us(frame, "occurred_at", pl.lit(now_us, pl.Int64)).alias("occurred_us"),
-        _text(frame, "source").alias("source"),
-        _text(frame, "sequence").alias("sequence"),
-        _text(frame, "reservation_id").alias("reservation_id"),
-        _epoch_us(frame, "expires_at", pl.lit(None, pl.Int64)).alias("expires_us"),
-        _text(frame, "bucket").alias("bucket"),
-        _text(frame, "counterpart").alias("counterpart"),
-    ).unique("event_id", keep="first", maintain_order=True)
+@functools.cache
+def _rule() -> pl.Expr:
+    """The first rule a typed movement breaks, as its reason (None: valid); built once, it is the same for every batch."""
     reason, delta, bucket = pl.col("reason"), pl.col("delta"), pl.col("bucket")
-    rule = (
+    return (
         pl.when(pl.col("event_id").is_null() | (pl.col("event_id") == ""))
         .then(pl.lit("event_id is empty"))
         .when(pl.col("sku").is_null() | pl.col("location").is_null())
@@ -158,7 +139,33 @@ def check(frame: pl.DataFrame, now_us: int) -> tuple[pl.DataFrame, pl.DataFrame]
         .otherwise(pl.lit(None, pl.String))
         .alias(REJECTED)
     )
-    tagged = typed.with_columns(rule)
-    valid = tagged.filter(pl.col(REJECTED).is_null()).select(list(MOVEMENT_SCHEMA))
+
+
+def check(frame: pl.DataFrame, now_us: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A canonical `stock_movements` frame -> (valid movements in `MOVEMENT_SCHEMA`, rejected rows with their reason).
+
+    Duplicates of one event_id within the batch keep the first. A missing
+    `occurred_at` becomes `now_us` (arrival time), which the ledger records,
+    so replaying the ledger gives the same result.
+    """
+    raw_delta = pl.col("delta").cast(pl.Float64, strict=False)
+    typed = frame.lazy().select(
+        _text(frame, "event_id").alias("event_id"),
+        _text(frame, "sku").alias("sku"),
+        _text(frame, "location").alias("location"),
+        raw_delta.alias("_raw"),
+        raw_delta.round(0).cast(pl.Int64, strict=False).alias("delta"),
+        _text(frame, "reason").alias("reason"),
+        _epoch_us(frame, "occurred_at", pl.lit(now_us, pl.Int64)).alias("occurred_us"),
+        _text(frame, "source").alias("source"),
+        _text(frame, "sequence").alias("sequence"),
+        _text(frame, "reservation_id").alias("reservation_id"),
+        _epoch_us(frame, "expires_at", pl.lit(None, pl.Int64)).alias("expires_us"),
+        _text(frame, "bucket").alias("bucket"),
+        _text(frame, "counterpart").alias("counterpart"),
+    ).unique("event_id", keep="first", maintain_order=True)
+    # Few collects: a small batch (a till's request) pays polars' fixed cost per collect, not per row.
+    tagged = typed.with_columns(_rule()).collect()
+    valid = tagged.lazy().filter(pl.col(REJECTED).is_null()).select(list(MOVEMENT_SCHEMA)).cast(dict(MOVEMENT_SCHEMA))
     rejected = tagged.filter(pl.col(REJECTED).is_not_null()).drop("_raw")
-    return valid.cast(dict(MOVEMENT_SCHEMA)), rejected
+    return valid.collect(), rejected
