@@ -12,8 +12,9 @@
 * `Central` follows the same topic and applies the movements that concern
   the store (its location, or a transfer towards it) to the local ledger:
   receipts, transfers and counts booked centrally. The ledger stores how far
-  it read in the same transaction, and the store's own movements coming back
-  are ignored by event_id, so local figures converge on the central ones.
+  it read in the same transaction. The store's own movements coming back are
+  skipped unread (by the source header the forwarder gave them), and would be
+  ignored by event_id anyway, so local figures converge on the central ones.
 
 Both are threads that report and try again; neither ever stops the agent.
 """
@@ -250,6 +251,7 @@ class Central:
     def _apply(self, messages: list[Message]) -> None:
         ends: dict[tuple[str, int], int] = {}
         taken: list[tuple[bytes | None, dict[str, str]]] = []
+        own = self.edge.source
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -257,7 +259,9 @@ class Central:
                     raise KafkaException(err)
                 continue  # transport errors while the broker is away: librdkafka reconnects
             ends[(self.topic, msg.partition())] = msg.offset() + 1
-            taken.append((msg.value(), wire.headers_of(msg.headers())))
+            headers = wire.headers_of(msg.headers())
+            if headers.get(wire.H_SOURCE) != own:  # the store's own movements reach its ledger from its journal
+                taken.append((msg.value(), headers))
         if not ends:
             return
         store = self.edge.store
