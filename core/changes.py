@@ -45,10 +45,15 @@ def _reattach(out: pl.DataFrame, extras: pl.DataFrame, what: str) -> pl.DataFram
     return out.hstack(extras)
 
 
+def identity(frame: pl.DataFrame) -> pl.DataFrame:
+    """The transform of an entity without a mapping file."""
+    return frame
+
+
 def keeping_engine_columns(transform: Transform, frame: pl.DataFrame, what: str = "the mapping") -> pl.DataFrame:
     """Apply `transform`, carrying `_kanal_key`, `OP` and `VERSION` across it."""
     carried = [c for c in (KEY, *ENGINE_COLUMNS) if c in frame.columns]
-    if not carried:
+    if not carried or transform is identity:
         return transform(frame)
     out = transform(frame.drop(carried))
     return _reattach(out.drop([c for c in carried if c in out.columns]), frame.select(carried), what)

@@ -46,7 +46,7 @@ from kanal.core.connector import OP, VERSION, Capabilities, EntityOptions, Sink,
 from kanal.core.dlq import STAGE_SINK, DeadLetterStore, letters_frame, publish_dead_letters
 from kanal.core.errors import JobFailed, Unreachable
 from kanal.core.isolate import ROW, accepted_rows, combine, shifted, slice_id, standing_refusals, write_isolating
-from kanal.core.sinkmemory import HASH, Sifted, SinkMemory, remember_result, sift
+from kanal.core.sinkmemory import HASH, SinkMemory, remember_result, sift
 from kanal.core.kafka import BoundedProducer, KafkaConnection, consume_ready
 from kanal.core.model import AVAILABILITY, Entity
 from kanal.core.progress import Metrics
@@ -236,16 +236,19 @@ def write_changed(
     them. Without a memory (sinks that compare versions themselves) this is
     `write_within`.
     """
+    if memory is None:
+        return write_within(
+            sink, entity, options, frame, batch_id, limits=limits, target=target, retry=retry, cancel=cancel, on_wait=on_wait
+        ), 0
     indexed = frame.with_row_index(ROW)
-    sifted = sift(memory, entity, indexed) if memory is not None else Sifted(indexed, 0, 0)
+    sifted = sift(memory, entity, indexed)
     result = WriteResult()
     if not sifted.send.is_empty():
         result = write_within(
             sink, entity, options, sifted.send.drop(HASH, ROW, strict=False), batch_id,
             limits=limits, target=target, retry=retry, cancel=cancel, on_wait=on_wait,
         )  # fmt: skip
-        if memory is not None:
-            remember_result(memory, entity, sifted.send.drop(ROW), result)
+        remember_result(memory, entity, sifted.send.drop(ROW), result)
         result = _positions_in_frame(result, sifted.send.get_column(ROW))
     return replace(result, skipped_older=result.skipped_older + sifted.older), sifted.unchanged
 
@@ -570,7 +573,7 @@ class SinkDelivery:
         )  # fmt: skip
         self.metrics.add(entity, "unchanged", unchanged, self.name)
         accepted = accepted_rows(frame, result.failed)
-        self.dead_letters.supersede(entity, accepted.select([c for c in (KEY, OP, VERSION) if c in frame.columns]), self.name)
+        self.dead_letters.supersede(entity, accepted, self.name)
         seconds = time.monotonic() - started
         TELEMETRY.wrote(self.job, entity, self.name, seconds)
         log.debug("%s wrote %d rows of %s in %.3fs", self.name, frame.height, entity, seconds)

@@ -121,7 +121,7 @@ class DeadLetterStore:
     def supersede(self, entity: str, written: pl.DataFrame, sink: str) -> int:
         """Drop dead letters that a later write made obsolete; returns how many.
 
-        `written` holds `KEY` and `VERSION` (and `OP`) of records `sink` just
+        `written` holds `KEY` and `VERSION` (and `OP`) of the records `sink` just
         accepted. A dead letter of the same key with an older version — set
         aside by this sink, or at the source — must never be replayed: the
         record was changed or deleted since, and a delete leaves nothing in the

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from kanal.core.changes import conform_changes, keeping_engine_columns
+from kanal.core.changes import conform_changes, identity, keeping_engine_columns
 from kanal.core.connector import Sink
 from kanal.core.deliver import SinkLimits, describe_target, write_changed
 from kanal.core.dlq import STAGE_SOURCE
@@ -41,7 +41,7 @@ from kanal.core.state import StateStore
 from kanal.core.validate import KEY, REASON
 from kanal.jobs.load import LoadedJob, SinkPlan
 from kanal.jobs.reset import require_entity
-from kanal.jobs.runtime import dead_letter_store, identity, make_sink, sink_transform, write_guard
+from kanal.jobs.runtime import dead_letter_store, make_sink, sink_transform, write_guard
 
 
 def show(loaded: LoadedJob, entity: str | None = None) -> list[dict[str, Any]]:

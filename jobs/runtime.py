@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import polars as pl
 
+from kanal.core.changes import identity
 from kanal.core.channels import ChannelPublisher
 from kanal.core.connector import Sink, Source, Transform
 from kanal.core.deliver import SinkDelivery, SinkFlow
@@ -22,10 +22,6 @@ from kanal.core.sinkmemory import SinkMemory
 from kanal.jobs.model import ErrorPolicy
 from kanal.jobs.load import EntityPlan, LoadedJob, SinkPlan
 from kanal.mappings import load_mapping
-
-
-def identity(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame
 
 
 def source_transform(plan: EntityPlan) -> Transform:

@@ -64,14 +64,18 @@ class RedisSink(Sink):
         layout = LAYOUTS[entity]
         if OP not in frame.columns:
             frame = frame.with_columns(pl.lit(UPSERT).alias(OP))
-        checked = frame.with_columns(_refusal(layout, frame).alias("reason"))
+        prefix = self.config.prefix
+        # One plan: a live batch of a few records pays polars' fixed cost once, not per step.
+        checked = frame.lazy().select(
+            KEY, _refusal(layout, frame).alias("reason"), layout.key(prefix).alias("_redis_key"),
+            _payload(frame).alias("_redis_record"),
+        ).collect()  # fmt: skip
         failed = checked.filter(pl.col("reason").is_not_null()).select(KEY, "reason")
-        rows = checked.filter(pl.col("reason").is_null())
+        rows = checked.filter(pl.col("reason").is_null()) if failed.height else checked
         applied = skipped = 0
         if rows.height:
-            prefix = self.config.prefix
-            keys = rows.select(layout.key(prefix)).to_series().to_list()
-            records = rows.select(_payload(rows)).to_series().to_list()
+            keys = rows.get_column("_redis_key").to_list()
+            records = rows.get_column("_redis_record").to_list()
             with self.connection.translated():
                 applied, skipped = self._apply()(
                     keys=[layout.tombstones(prefix), layout.stream(prefix), *keys],
