@@ -9,10 +9,12 @@ like any other change. Per cycle, in this order:
 
 1. one ledger transaction per partition: the batch's movements, the levels
    they change, and the input offset the batch ends at;
-2. reservations that expired are released (also ledger transactions);
+2. reservations that expired are released (also ledger transactions, four
+   times a second at most);
 3. what changed since the last publication is sent and acknowledged by the
    broker (the ledger is the outbox: a crash before the acks sends it again);
-4. the consumer group's offsets are committed.
+4. the consumer group's offsets are committed, without waiting for the
+   broker's answer: they serve the group's lag only.
 
 Exactly once: the ledger stores the offset it read up to in the same
 transaction as the movements, and a partition assigned to this process is
@@ -49,6 +51,7 @@ from kanal.jobs.load import DERIVED, LoadedJob
 
 log = logging.getLogger("kanal.inventory")
 _SOURCE = b"inventory"
+_EXPIRE_EVERY_S = 0.25
 _WIRE_SCHEMA = pl.Schema({**STOCK_MOVEMENT.schema, KEY: pl.String, OP: pl.String, VERSION: pl.Int64})
 _DECIMALS = {"on_hand", "reserved", "available", "unavailable", "incoming", "quantity", "version"}
 _TIMES = [n for n, t in _WIRE_SCHEMA.items() if isinstance(t, pl.Datetime)]
@@ -208,6 +211,7 @@ class _Aggregator:
                "queued.max.messages.kbytes": 64 << 10},
         )
         self._errors: list[str] = []
+        self._expired_at = -_EXPIRE_EVERY_S
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="kanal-ledger")
 
@@ -237,16 +241,22 @@ class _Aggregator:
 
     def run(self, stop: threading.Event, once: bool) -> None:
         self.consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
-        while not stop.is_set():
-            messages = consume_ready(self.consumer, self.batch_rows, 0.2)
-            read = take(messages, self._eof)
-            offsets = self._apply(read)
-            self._expire()
-            self._publish(list(self.ledgers))
-            if offsets:
-                self._commit(offsets)
-            if once and self.ledgers and self._eof >= set(self.ledgers) and not read:
-                return
+        read_to: dict[int, int] = {}
+        try:
+            while not stop.is_set():
+                messages = consume_ready(self.consumer, self.batch_rows, 0.2)
+                read = take(messages, self._eof)
+                offsets = self._apply(read)
+                self._expire()
+                self._publish(list(self.ledgers))
+                if offsets:
+                    read_to.update(offsets)
+                    self._commit(offsets, wait=False)
+                if once and self.ledgers and self._eof >= set(self.ledgers) and not read:
+                    return
+        finally:
+            if read_to:
+                self._commit(read_to, wait=True)  # the group's lag reads 0 once the run is over
 
     def _apply(self, read: dict[int, _Read]) -> dict[int, int]:
         """One ledger transaction per partition, partitions in parallel; returns the offsets to commit.
@@ -282,6 +292,14 @@ class _Aggregator:
         )  # fmt: skip
 
     def _expire(self) -> None:
+        """Release lapsed reservations, at most every `_EXPIRE_EVERY_S`.
+
+        It is a write transaction per ledger: every cycle, it cost as much as
+        applying a small batch.
+        """
+        if time.monotonic() - self._expired_at < _EXPIRE_EVERY_S:
+            return
+        self._expired_at = time.monotonic()
         for ledger in list(self.ledgers.values()):
             ledger.expire()
 
@@ -337,9 +355,13 @@ class _Aggregator:
             with self._lock:
                 self._errors.append(err.str())
 
-    def _commit(self, offsets: dict[int, int]) -> None:
+    def _commit(self, offsets: dict[int, int], *, wait: bool) -> None:
+        """Commit the group's offsets, for its lag only: a ledger reads its partition from the offset it stored itself.
+
+        So a cycle does not wait for the broker's answer (`wait=False`); the end of a run does.
+        """
         try:
-            self.consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()], asynchronous=False)
+            self.consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()], asynchronous=not wait)
         except KafkaException as exc:
             # Partitions moved to another process: it reads from its ledger's offset, not from this commit.
             log.info("inventory: offsets not committed (%s)", exc)
