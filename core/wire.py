@@ -124,9 +124,30 @@ def record_messages(frame: pl.DataFrame, partitions: int) -> list[Record]:
     ]
 
 
+_TIMES_AS_TEXT_FROM = 64
+
+
 def decode_lines(lines: list[bytes], schema: pl.Schema) -> pl.DataFrame:
-    """Many JSON-line records (delta messages) into one typed frame, in one call."""
-    return pl.read_ndjson(io.BytesIO(b"\n".join(lines)), schema=schema)
+    """Many JSON-line records (delta messages) into one typed frame, as the JSON reader types them, at a fraction of its cost.
+
+    The JSON reader parses timestamps typed as datetimes eight times slower
+    than it reads the rest of a record; read as text, a whole column is parsed
+    at once. That parse takes the format of the column's first value: when a
+    timestamp in another format is left unparsed, the batch is read the slow
+    way, so the result never differs. Below `_TIMES_AS_TEXT_FROM` lines the
+    second pass costs more than it saves.
+    """
+    data = b"\n".join(lines)
+    times = {n: t for n, t in schema.items() if isinstance(t, pl.Datetime) and t.time_zone == "UTC"}
+    if not times or len(lines) < _TIMES_AS_TEXT_FROM:
+        return pl.read_ndjson(io.BytesIO(data), schema=schema)
+    text = pl.read_ndjson(io.BytesIO(data), schema={n: pl.String if n in times else t for n, t in schema.items()})
+    parsed = text.with_columns(
+        pl.col(n).str.to_datetime(time_unit=t.time_unit, time_zone="UTC", strict=False) for n, t in times.items()
+    )
+    if not parsed.select(*times).null_count().equals(text.select(*times).null_count()):
+        return pl.read_ndjson(io.BytesIO(data), schema=schema)
+    return parsed
 
 
 def messages_frame(messages: list[tuple[bytes | None, dict[str, str]]], schema: pl.Schema) -> pl.DataFrame:

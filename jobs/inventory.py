@@ -54,8 +54,6 @@ _SOURCE = b"inventory"
 _EXPIRE_EVERY_S = 0.25
 _WIRE_SCHEMA = pl.Schema({**STOCK_MOVEMENT.schema, KEY: pl.String, OP: pl.String, VERSION: pl.Int64})
 _DECIMALS = {"on_hand", "reserved", "available", "unavailable", "incoming", "quantity", "version"}
-_TIMES = [n for n, t in _WIRE_SCHEMA.items() if isinstance(t, pl.Datetime)]
-_TEXT_SCHEMA = pl.Schema({n: pl.String if n in _TIMES else t for n, t in _WIRE_SCHEMA.items()})
 
 
 @dataclass
@@ -116,22 +114,6 @@ def take(messages: list[Message], eof: set[int]) -> dict[int, _Read]:
         else:
             entry.frames.append(wire.decode_arrow(value))
     return read
-
-
-def decode_movements(lines: list[bytes]) -> pl.DataFrame:
-    """JSON-line movements as a `_WIRE_SCHEMA` frame, as `wire.decode_lines` reads them, at a fraction of its cost.
-
-    The JSON reader parses timestamps typed as datetimes eight times slower
-    than it reads the rest of a record; read as text, a whole column is parsed
-    at once. That parse takes the format of the column's first value: when a
-    timestamp in another format is left unparsed, the batch is read the slow
-    way, so the result never differs.
-    """
-    text = wire.decode_lines(lines, _TEXT_SCHEMA)
-    parsed = text.with_columns(pl.col(n).str.to_datetime(time_unit="us", time_zone="UTC", strict=False) for n in _TIMES)
-    if not parsed.select(_TIMES).null_count().equals(text.select(_TIMES).null_count()):
-        return wire.decode_lines(lines, _WIRE_SCHEMA)
-    return parsed
 
 
 def require_inventory(loaded: LoadedJob) -> ChannelRules:
@@ -274,7 +256,7 @@ class _Aggregator:
 
     def _apply_one(self, partition: int, read: _Read) -> tuple[int, int, pl.DataFrame, pl.DataFrame]:
         """(partition, end offset, the movements read, those refused); what changed is published from the outbox."""
-        parts = [*read.frames, *([decode_movements(read.lines)] if read.lines else [])]
+        parts = [*read.frames, *([wire.decode_lines(read.lines, _WIRE_SCHEMA)] if read.lines else [])]
         frame = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame(schema=_WIRE_SCHEMA)
         return partition, read.end, frame, self.ledgers[partition].ingest(frame, {(self.topic, partition): read.end})
 

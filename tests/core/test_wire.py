@@ -1,3 +1,5 @@
+import io
+
 import polars as pl
 
 from kanal.core import wire
@@ -56,3 +58,13 @@ def test_record_messages_round_trip_with_tombstones() -> None:
 
 def test_empty_frame_has_no_parts() -> None:
     assert wire.split_for_partitions(_frame(0), 4, 10) == []
+
+
+def test_json_records_decode_as_the_json_reader_types_them_whatever_their_timestamp_formats() -> None:
+    schema = pl.Schema({"event_id": pl.String, "occurred_at": pl.Datetime("us", "UTC"), "expires_at": pl.Datetime("us", "UTC")})
+    lines = [b'{"event_id": "a", "occurred_at": "2026-01-01T04:37:40.5+02:00"}',
+             b'{"event_id": "b", "occurred_at": "2026-01-01 04:37:40", "expires_at": "2026-01-02T00:00:00Z"}',
+             b'{"event_id": "c", "expires_at": "2026-01-02"}', b'{"event_id": "d"}']  # fmt: skip
+    for batch in (lines, lines * 20, lines[:1] * 80, lines[2:] * 40):  # small batches take the JSON reader's way
+        assert wire.decode_lines(batch, schema).equals(pl.read_ndjson(io.BytesIO(b"\n".join(batch)), schema=schema))
+    assert wire.decode_lines(lines * 20, schema).get_column("occurred_at")[1] is not None

@@ -191,12 +191,3 @@ def test_a_partition_end_reported_in_the_same_poll_as_its_last_messages_is_kept(
     assert eof == {0} and read[0].end == 2 and read[1].end == 8
     inventory.take([Message(topic="m", partition=0, offset=2, value=b"{}")], eof)
     assert eof == set()  # more came after the end
-
-
-def test_movements_decode_as_the_json_reader_types_them_whatever_their_timestamp_formats() -> None:
-    lines = [b'{"event_id": "a", "occurred_at": "2026-01-01T04:37:40.5+02:00"}',
-             b'{"event_id": "b", "occurred_at": "2026-01-01 04:37:40", "expires_at": "2026-01-02T00:00:00Z"}',
-             b'{"event_id": "c", "expires_at": "2026-01-02"}', b'{"event_id": "d"}']  # fmt: skip
-    for batch in (lines, lines[:1], lines[2:]):
-        assert inventory.decode_movements(batch).equals(wire.decode_lines(batch, inventory._WIRE_SCHEMA))
-    assert inventory.decode_movements(lines).get_column("occurred_at")[1] is not None
