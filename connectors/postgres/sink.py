@@ -113,9 +113,9 @@ class PostgresSink(Sink):
             if OP not in frame.columns and version:
                 frame = frame.sort(version, nulls_last=False)
             frame = frame.unique(subset=[KEY], keep="last", maintain_order=True)
-        changes = OP in frame.columns
-        if changes:
-            self._check_changes(entity, options, target, frame)
+        ops = set(frame.get_column(OP).unique().to_list()) if OP in frame.columns else None
+        if ops is not None:
+            self._check_changes(entity, options, target, ops)
         conn = self._connection()
         try:
             if not target.bulk_load:
@@ -123,13 +123,14 @@ class PostgresSink(Sink):
             with conn.cursor() as cur:
                 written = 0
                 rows = frame
-                if changes:
-                    written = self._truncate(cur, options, target, rows)
+                if ops is not None:
+                    written = self._truncate(cur, options, target, rows) if TRUNCATE in ops else 0
                     rows = self._newer_than_floor(cur, options, rows)
-                upserts = rows.filter(pl.col(OP) == UPSERT) if changes else rows
-                deletes = rows.filter(pl.col(OP) == DELETE) if changes else rows.clear()
+                mixed = ops is not None and ops != {UPSERT}  # a live batch is mostly upserts only: no filtering then
+                upserts = rows.filter(pl.col(OP) == UPSERT) if mixed else rows
+                deletes = rows.filter(pl.col(OP) == DELETE) if mixed else rows.clear()
                 if not upserts.is_empty():
-                    written += self._upsert(cur, entity, target, upserts, version)
+                    written += self._upsert(cur, entity, target, upserts, version, then_deletes=not deletes.is_empty())
                 if not deletes.is_empty():
                     written += self._delete(cur, entity, target, deletes, version)
             conn.commit()
@@ -138,13 +139,12 @@ class PostgresSink(Sink):
             reraise(self.system, exc)
         return WriteResult(written=written, skipped_older=frame.height - written)
 
-    def _check_changes(self, entity: str, options: EntityOptions, target: ddl.Target, frame: pl.DataFrame) -> None:
-        """Refuse what this sink cannot apply; make the truncate floor ready (once per entity)."""
-        op = frame.get_column(OP)
-        unknown = op.filter(~op.is_in((UPSERT, DELETE, TRUNCATE))).unique().to_list()
+    def _check_changes(self, entity: str, options: EntityOptions, target: ddl.Target, ops: set[str]) -> None:
+        """Refuse what this sink cannot apply (`ops`: the batch's operations); ready the truncate floor once per entity."""
+        unknown = sorted(str(op) for op in ops - {UPSERT, DELETE, TRUNCATE})
         if unknown:
             raise ConnectorError(self.system, f"{target.table}: unknown change operation(s) {unknown} for {entity}")
-        if target.bulk_load and (op != UPSERT).any():
+        if target.bulk_load and ops != {UPSERT}:
             raise ConfigError(f"{self.system}: {target.table} is still being bulk-loaded; run the migration to the end first")
         if entity not in self._floors:
             opts = self._opts(options)
@@ -188,7 +188,11 @@ class PostgresSink(Sink):
         floor = row[0] if row else 0
         return frame.filter(pl.col(VERSION).is_null() | (pl.col(VERSION) > floor)) if floor else frame
 
-    def _upsert(self, cur: psycopg.Cursor, entity: str, target: ddl.Target, frame: pl.DataFrame, version: str | None) -> int:
+    def _upsert(
+        self, cur: psycopg.Cursor, entity: str, target: ddl.Target, frame: pl.DataFrame, version: str | None, *,
+        then_deletes: bool = False,
+    ) -> int:  # fmt: skip
+        """Upsert through the stage, emptied for deletes that follow in the transaction (the commit empties it anyway)."""
         columns = [c for c in frame.columns if c in target.columns]
         data = _csv(frame.select(columns))
         names = ", ".join(f'"{c}"' for c in columns)
@@ -201,7 +205,8 @@ class PostgresSink(Sink):
             copy.write(data)
         cur.execute(_upsert_sql(target, stage, columns, version))
         written = cur.rowcount
-        cur.execute(f"truncate {stage}")
+        if then_deletes:
+            cur.execute(f"truncate {stage}")
         return written
 
     def _delete(self, cur: psycopg.Cursor, entity: str, target: ddl.Target, frame: pl.DataFrame, version: str | None) -> int:
@@ -226,8 +231,7 @@ class PostgresSink(Sink):
             )
             cur.execute(f"delete from {target.table} t using {stage} s where {match}{guard}")
             deleted += cur.rowcount
-        cur.execute(f"truncate {stage}")
-        return deleted
+        return deleted  # the commit empties the stage
 
     def read_back(self, entity: str, options: EntityOptions) -> pl.DataFrame:
         """The table's canonical columns (and `_kanal_version`, NULL without it) as text, one `COPY` out."""
