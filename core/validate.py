@@ -10,6 +10,8 @@ silently turned into NULL: the row is rejected naming the field and the value.
 
 from __future__ import annotations
 
+import functools
+
 import polars as pl
 
 from kanal.core.iso import COUNTRIES, CURRENCIES
@@ -158,7 +160,20 @@ def conform(frame: pl.DataFrame, entity: Entity) -> pl.DataFrame:
     `_kanal_reason` already on `frame` (a mapping's failed cast or required
     field, whose value it left NULL) is kept, before the rules' own.
     """
-    present = {f.name: frame.schema[f.name] for f in entity.fields if f.name in frame.columns}
+    read, checked = _plan(entity, tuple(frame.schema.items()))
+    # One plan, one collect: a small batch (a till's request) costs polars' fixed overhead once, not per step.
+    return frame.lazy().select(read).with_columns(checked).select(*entity.field_names, KEY, REASON).collect()
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(entity: Entity, schema: tuple[tuple[str, pl.DataType], ...]) -> tuple[list[pl.Expr], list[pl.Expr]]:
+    """`conform`'s expressions for frames of `schema` (reading, then checking), built once per entity and shape.
+
+    A live stream sends many small batches of one shape; building the
+    expressions cost as much as evaluating them.
+    """
+    dtypes = dict(schema)
+    present = {f.name: dtypes[f.name] for f in entity.fields if f.name in dtypes}
     converted = [
         (_convert(f, present[f.name]) if f.name in present else pl.lit(None, f.dtype)).cast(f.dtype).alias(f.name)
         for f in entity.fields
@@ -166,18 +181,11 @@ def conform(frame: pl.DataFrame, entity: Entity) -> pl.DataFrame:
     raw = [pl.col(n).alias(f"_raw_{n}") for n in present]
     rules = [r for f in entity.fields if f.name in present or f.required for r in _rules(f)]
     reason = pl.coalesce(rules) if rules else pl.lit(None, pl.String)
-    earlier = [pl.col(REASON).cast(pl.String).alias(_EARLIER)] if REASON in frame.columns else []
+    earlier = [pl.col(REASON).cast(pl.String).alias(_EARLIER)] if REASON in dtypes else []
     if earlier:
         joined = pl.concat_str([pl.col(_EARLIER), reason], separator="; ", ignore_nulls=True)
         reason = pl.when(pl.col(_EARLIER).is_null() & reason.is_null()).then(None).otherwise(joined)
-    # One plan, one collect: a small batch (a till's request) costs polars' fixed overhead once, not per step.
-    return (
-        frame.lazy()
-        .select(*converted, *raw, *earlier)
-        .with_columns(entity.key_expr(), reason.alias(REASON))
-        .select(*entity.field_names, KEY, REASON)
-        .collect()
-    )
+    return [*converted, *raw, *earlier], [entity.key_expr(), reason.alias(REASON)]
 
 
 def split(checked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
