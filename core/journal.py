@@ -103,6 +103,16 @@ class Journal:
         """The oldest records not forwarded yet, in order."""
         return self._entries("forwarded = 0", (), limit)
 
+    def holding(self, keys: Sequence[str]) -> set[str]:
+        """Those of `keys` the journal holds (pruned ones not)."""
+        found: set[str] = set()
+        with self._lock:
+            for at in range(0, len(keys), 500):
+                part = keys[at:at + 500]
+                query = f"SELECT key FROM journal WHERE key IN ({', '.join('?' * len(part))})"
+                found.update(r[0] for r in self._db.execute(query, part).fetchall())
+        return found
+
     def mark_forwarded(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return

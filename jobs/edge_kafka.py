@@ -13,8 +13,9 @@
   the store (its location, or a transfer towards it) to the local ledger:
   receipts, transfers and counts booked centrally. The ledger stores how far
   it read in the same transaction. The store's own movements coming back are
-  skipped unread (by the source header the forwarder gave them), and would be
-  ignored by event_id anyway, so local figures converge on the central ones.
+  skipped unread when its journal holds them (it applied them from there),
+  and would be ignored by event_id anyway, so local figures converge on the
+  central ones.
 
 Both are threads that report and try again; neither ever stops the agent.
 """
@@ -250,8 +251,7 @@ class Central:
 
     def _apply(self, messages: list[Message]) -> None:
         ends: dict[tuple[str, int], int] = {}
-        taken: list[tuple[bytes | None, dict[str, str]]] = []
-        own = self.edge.source
+        read: list[tuple[bytes | None, bytes | None, dict[str, str]]] = []
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -259,11 +259,14 @@ class Central:
                     raise KafkaException(err)
                 continue  # transport errors while the broker is away: librdkafka reconnects
             ends[(self.topic, msg.partition())] = msg.offset() + 1
-            headers = wire.headers_of(msg.headers())
-            if headers.get(wire.H_SOURCE) != own:  # the store's own movements reach its ledger from its journal
-                taken.append((msg.value(), headers))
+            read.append((msg.key(), msg.value(), wire.headers_of(msg.headers())))
         if not ends:
             return
+        # The store's own movements coming back reach its ledger from the journal: not decoded twice. Only
+        # those the journal holds, though: a new journal (a replaced store PC) takes the old ones from here.
+        mine = [k is not None and h.get(wire.H_SOURCE) == self.edge.source for k, _, h in read]
+        journaled = self.edge.journal.holding([k.decode() for (k, _, _), m in zip(read, mine, strict=True) if m and k])
+        taken = [(v, h) for (k, v, h), m in zip(read, mine, strict=True) if not (m and k and k.decode() in journaled)]
         store = self.edge.store
         frame = wire.messages_frame(taken, STOCK_MOVEMENT.schema)
         mine = frame.filter((pl.col("location") == store) | (pl.col("counterpart") == store).fill_null(False))

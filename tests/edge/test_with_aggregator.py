@@ -58,3 +58,30 @@ def test_reconnected_store_converges_with_the_aggregator(tmp_path: Path) -> None
     finally:
         agent.close()
         broker.stop()
+
+
+def test_a_store_agent_with_a_new_journal_takes_its_stores_earlier_movements_from_the_topic(tmp_path: Path) -> None:
+    """The store PC is replaced: the new agent's journal is empty, and its figures come back from the topic.
+
+    An agent skips its own movements coming back from the topic when its journal holds them (it applied them
+    from there); the earlier journal's are not in the new one, so they must be taken.
+    """
+    port = free_port()
+    loaded = load_job(write_job(tmp_path, f"127.0.0.1:{port}"))
+    with EmbeddedBroker(port=port):
+        old = Agent(loaded, EdgeOptions("S1", tmp_path / "old-journal"), threading.Event(), retry_s=0.2)
+        try:
+            old.start()
+            old.edge.take(frame(("r1", "A", "40", "receipt", "2026-03-01T08:00:00Z"),
+                                ("s1", "A", "-3", "sale", "2026-03-01T09:00:00Z")))  # fmt: skip
+            wait_for(lambda: old.edge.journal.stats().backlog == 0, 30, "the old agent to forward its movements")
+        finally:
+            old.close()
+        new = Agent(loaded, EdgeOptions("S1", tmp_path / "new-journal"), threading.Event(), retry_s=0.2)
+        try:
+            new.start()
+            new.edge.take(frame(("s2", "A", "-1", "sale", "2026-03-01T10:00:00Z")))
+            wait_for(lambda: new.edge.availability("A")["on_hand"] == 36, 30,
+                     "the new agent to take the store's earlier movements")  # fmt: skip
+        finally:
+            new.close()
