@@ -110,8 +110,8 @@ FROM movements WHERE position > :last
 """
 
 # The channel rules' formula (`core.inventory.rules`) over the `stock` rows of some skus, with the rules
-# loaded into `r_channels` and `r_pool`. The buffer's percentage is rounded up as a float ceiling, less a
-# hair so that 10% of 50 holds back 5, not 6.
+# loaded into `r_channels` and `r_pool`. The buffer's percentage is rounded up, less a hair: a float error
+# just above a whole number (3.0000000000000004) must not hold back one unit more.
 _SELLABLE = "MAX(0, s.on_hand - s.reserved - s.unavailable - p.floor)"
 
 
