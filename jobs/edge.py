@@ -52,9 +52,9 @@ MAX_BODY = 1024 * 1024
 MAX_RECORDS = 1000
 """Most records one request may carry (413 beyond): a POS sends more as several requests."""
 _JOURNAL_INPUT = ("journal", 0)
+"""The local ledger's input position for the journal (next to its Kafka offsets)."""
 _PRUNE_EVERY_S = 3600.0
 _APPLY_EVERY_S = 0.2
-"""The local ledger's input position for the journal (next to its Kafka offsets)."""
 _INDEX = "_kanal_index"
 
 

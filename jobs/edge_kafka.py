@@ -264,9 +264,9 @@ class Central:
             return
         # The store's own movements coming back reach its ledger from the journal: not decoded twice. Only
         # those the journal holds, though: a new journal (a replaced store PC) takes the old ones from here.
-        mine = [k is not None and h.get(wire.H_SOURCE) == self.edge.source for k, _, h in read]
-        journaled = self.edge.journal.holding([k.decode() for (k, _, _), m in zip(read, mine, strict=True) if m and k])
-        taken = [(v, h) for (k, v, h), m in zip(read, mine, strict=True) if not (m and k and k.decode() in journaled)]
+        own = [k.decode() if k is not None and h.get(wire.H_SOURCE) == self.edge.source else None for k, _, h in read]
+        journaled = self.edge.journal.holding([k for k in own if k is not None])
+        taken = [(v, h) for (_, v, h), k in zip(read, own, strict=True) if k is None or k not in journaled]
         store = self.edge.store
         frame = wire.messages_frame(taken, STOCK_MOVEMENT.schema)
         mine = frame.filter((pl.col("location") == store) | (pl.col("counterpart") == store).fill_null(False))

@@ -109,27 +109,33 @@ FROM movements WHERE position > :last
   AND (reason IN ('reservation', 'release') OR (reason = 'sale' AND reservation_id IS NOT NULL))
 """
 
-# The channel rules' formula (`core.inventory.rules`) over the `stock` rows of some skus, with the rules
-# loaded into `r_channels` and `r_pool`. The buffer's percentage is rounded up, less a hair: a float error
-# just above a whole number (3.0000000000000004) must not hold back one unit more.
 _SELLABLE = "MAX(0, s.on_hand - s.reserved - s.unavailable - p.floor)"
+"""What a `stock` row `s` gives the channel of its `r_pool` row `p`: after the location's floor, never negative."""
 
 
 def _availability_of(skus: str) -> str:
-    """SELECT sku, channel, quantity for every sku `skus` (a query of one `sku` column) and every channel."""
+    """SELECT sku, channel, quantity for every sku of `skus` (a query of one `sku` column) and every channel.
+
+    The channel rules' formula (`core.inventory.rules`) with the rules loaded
+    into `r_channels` and `r_pool`. A percentage buffer is rounded up less a
+    hair: a float error just above a whole number (3.0000000000000004) must
+    not hold back one unit more.
+    """
     return f"""
 WITH skus AS ({skus}),
 pooled AS (
     SELECT s.sku, p.channel, SUM({_SELLABLE}) AS pooled FROM stock s JOIN r_pool p ON p.location = s.location
     WHERE s.sku IN (SELECT sku FROM skus) GROUP BY s.sku, p.channel),
+shares AS (
+    SELECT k.sku, c.channel, COALESCE(q.pooled, 0) AS pooled, c.buffer, c.cap,
+           COALESCE(q.pooled, 0) * c.percent / 100.0 - 1e-9 AS share
+    FROM skus k CROSS JOIN r_channels c LEFT JOIN pooled q ON q.sku = k.sku AND q.channel = c.channel),
 held AS (
-    SELECT k.sku, c.channel, COALESCE(q.pooled, 0) AS pooled, c.cap,
-           CASE WHEN c.percent IS NULL THEN c.buffer
-                ELSE CAST(COALESCE(q.pooled, 0) * c.percent / 100.0 - 1e-9 AS INTEGER)
-                     + (COALESCE(q.pooled, 0) * c.percent / 100.0 - 1e-9
-                        > CAST(COALESCE(q.pooled, 0) * c.percent / 100.0 - 1e-9 AS INTEGER)) END AS buffer
-    FROM skus k CROSS JOIN r_channels c LEFT JOIN pooled q ON q.sku = k.sku AND q.channel = c.channel)
-SELECT sku, channel, MIN(COALESCE(cap, {2**63 - 1}), MAX(0, pooled - buffer)) AS quantity FROM held"""
+    SELECT sku, channel, pooled, cap,
+           CASE WHEN share IS NULL THEN buffer ELSE CAST(share AS INTEGER) + (share > CAST(share AS INTEGER)) END AS back
+    FROM shares)
+SELECT sku, channel, MIN(COALESCE(cap, {2**63 - 1}), MAX(0, pooled - back)) AS quantity FROM held"""
+
 
 _DELTAS = """
 UPDATE levels SET total = levels.total + d.amount FROM (
